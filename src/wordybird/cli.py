@@ -1,0 +1,55 @@
+"""The ``wordybird`` command.
+
+Subcommands live beside the code they drive (``training/cli.py``, ``export/cli.py``, …) and
+are imported only when invoked, so ``wordybird --help`` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from wordybird import __version__
+from wordybird.errors import WordybirdError
+
+#: command name -> "module:attribute" of its click command
+COMMANDS: dict[str, str] = {}
+
+
+class _LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wordybird")
+def cli() -> None:
+    """Record every step's bf16 training tensors without running out of memory."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user-facing failures become one line on stderr and exit status 1."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except WordybirdError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,299 @@
+"""StreamingRecorder: snapshot → bounded queue → background Zarr writes.
+
+``record()`` copies the step's tensors into preallocated snapshot buffers (pinned host
+memory with an asynchronous copy when they live on a GPU) and hands them to one writer
+thread, which compresses and writes them and then commits the step. A fixed pool of
+``queue_size + 1`` buffer sets is the only per-step memory: when the disk is slower than
+training, ``record()`` waits for a free buffer set (back-pressure) instead of allocating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from wordybird.errors import WordybirdError
+from wordybird.recorder.bf16 import numpy_dtype_of, torch_dtype_of, torch_to_numpy
+from wordybird.recorder.format import (
+    STEPS_FIELD,
+    FieldSpec,
+    Mode,
+    RecordingStore,
+    field_specs_for,
+    is_recording,
+)
+
+_STOP = object()
+
+
+@dataclass
+class _Snapshot:
+    """One step's copies, owned by the recorder and reused across steps."""
+
+    buffers: dict[str, torch.Tensor]
+    step: int = -1
+    ready: torch.cuda.Event | None = None  # set when a device→host copy is in flight
+
+
+class StreamingRecorder:
+    """Record one step at a time into a Zarr recording, with memory independent of length.
+
+    Use as a context manager, or call :meth:`close`. The first :meth:`record` fixes each
+    field's shape and dtype; later steps must match. A background error (a full disk, say)
+    is raised by the next call, and by :meth:`close`; steps committed before it stay.
+
+    Args:
+        path: the recording's folder (conventionally ``*.zarr``).
+        metadata: JSON-able run metadata, stored in the group's attributes.
+        mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it) or
+            ``"compact"`` (XOR deltas between steps, decoded by wordybird; see FORMAT.md).
+        resume: continue an existing recording after its last committed step.
+        overwrite: replace whatever is at ``path``.
+        queue_size: steps that may wait for the writer before ``record()`` blocks.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        mode: Mode = "default",
+        resume: bool = False,
+        overwrite: bool = False,
+        queue_size: int = 2,
+    ) -> None:
+        if queue_size < 1:
+            raise WordybirdError(f"queue_size must be at least 1, got {queue_size}")
+        path = Path(path)
+        if resume and overwrite:
+            raise WordybirdError("resume and overwrite exclude each other")
+        if resume:
+            if not is_recording(path):
+                raise WordybirdError(f"cannot resume {path}: it is not a wordybird recording")
+            self._store = RecordingStore.open(path, read_only=False)
+            self._store.discard_uncommitted()
+            if metadata:
+                self._store.update_metadata(metadata)
+        else:
+            self._store = RecordingStore.create(
+                path, metadata=metadata, mode=mode, overwrite=overwrite
+            )
+        self.path = path
+        self._queue_size = queue_size
+        self._work: queue.Queue[Any] = queue.Queue()
+        self._free: queue.Queue[_Snapshot] = queue.Queue()
+        self._pool_filled = False
+        self._error: BaseException | None = None
+        self._closed = False
+        committed = self._store.committed
+        self._last_step: int | None = (
+            int(self._store.read(STEPS_FIELD, committed - 1)) if committed else None
+        )
+        self._specs: dict[str, FieldSpec] = dict(self._store.fields)
+        self._thread = threading.Thread(target=self._run, name="wordybird-writer", daemon=True)
+        self._thread.start()
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step handed to :meth:`record` (or committed before a resume)."""
+        return self._last_step
+
+    @property
+    def committed(self) -> int:
+        """How many steps are durably written so far."""
+        return self._store.committed
+
+    def record(self, step: int, tensors: Mapping[str, torch.Tensor | np.ndarray | float]) -> None:
+        """Snapshot one step's tensors and queue them for writing.
+
+        When this returns, the values are copied: the caller may change its tensors at once.
+        Blocks while ``queue_size`` steps are already waiting (back-pressure).
+        """
+        self._check_open()
+        step = self._check_step(step)
+        values = {name: _as_tensor(name, value) for name, value in tensors.items()}
+        if not self._specs:
+            if not values:
+                raise WordybirdError("record() needs at least one field")
+            probe = {n: np.empty(t.shape, dtype=numpy_dtype_of(t.dtype)) for n, t in values.items()}
+            self._specs = field_specs_for(probe, self._store.mode)
+            if STEPS_FIELD in self._specs:
+                raise WordybirdError(
+                    f"{STEPS_FIELD!r} is written from the step argument; "
+                    "it cannot be recorded as a field"
+                )
+        self._check_fields(step, values)
+        snapshot = self._take_buffers()
+        try:
+            snapshot.step = step
+            for name, value in values.items():
+                snapshot.buffers[name].copy_(value, non_blocking=value.is_cuda)
+            if any(v.is_cuda for v in values.values()):
+                snapshot.ready = torch.cuda.Event()
+                snapshot.ready.record()
+        except BaseException:
+            self._free.put(snapshot)
+            raise
+        self._last_step = step
+        self._work.put(snapshot)
+
+    def flush(self) -> None:
+        """Wait until every queued step is committed; raise a background error if any."""
+        self._check_open()
+        self._work.join()
+        self._raise_background_error()
+
+    def truncate(self, after_step: int) -> None:
+        """Drop committed steps after ``after_step`` (to re-run them from a checkpoint)."""
+        self.flush()
+        steps = self._store.read(STEPS_FIELD, slice(0, self._store.committed))
+        keep = int(np.searchsorted(steps, after_step, side="right"))
+        self._store.truncate(keep)
+        self._last_step = int(steps[keep - 1]) if keep else None
+
+    def update_metadata(self, entries: Mapping[str, Any]) -> None:
+        """Merge entries into the recording's run metadata (e.g. a final summary)."""
+        self.flush()
+        self._store.update_metadata(entries)
+
+    def close(self) -> None:
+        """Write every queued step, stop the writer, and raise any background error."""
+        if self._closed:
+            return
+        self._closed = True
+        self._work.put(_STOP)
+        self._thread.join()
+        self._raise_background_error()
+
+    def __enter__(self) -> StreamingRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # keep what was recorded; the original exception is what the caller needs to see
+        with contextlib.suppress(WordybirdError):
+            self.close()
+
+    # -- validation -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WordybirdError(f"the recorder for {self.path} is closed")
+        self._raise_background_error()
+
+    def _check_step(self, step: int) -> int:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise WordybirdError(f"step must be an integer, got {step!r}")
+        step = int(step)
+        if self._last_step is not None and step <= self._last_step:
+            raise WordybirdError(
+                f"step {step} is not greater than the last recorded step {self._last_step} "
+                f"in {self.path}"
+            )
+        return step
+
+    def _check_fields(self, step: int, values: Mapping[str, torch.Tensor]) -> None:
+        missing = sorted(set(self._specs) - set(values))
+        extra = sorted(set(values) - set(self._specs))
+        if extra:
+            raise WordybirdError(
+                f"step {step}: field(s) {', '.join(extra)} were not in the recording's first "
+                f"step (fields are fixed then: {', '.join(self._specs)})"
+            )
+        if missing:
+            raise WordybirdError(f"step {step}: missing field(s) {', '.join(missing)}")
+        for name, value in values.items():
+            spec = self._specs[name]
+            dtype = numpy_dtype_of(value.dtype)
+            if tuple(value.shape) != spec.shape or np.dtype(dtype) != spec.numpy_dtype:
+                raise WordybirdError(
+                    f"step {step}: field {name!r} has shape {tuple(value.shape)} and dtype "
+                    f"{dtype}, but the recording holds shape {spec.shape} and dtype "
+                    f"{spec.dtype}"
+                )
+
+    # -- buffers and the writer thread ----------------------------------------------------
+
+    def _take_buffers(self) -> _Snapshot:
+        if not self._pool_filled:
+            pin = torch.cuda.is_available()
+            for _ in range(self._queue_size + 1):
+                self._free.put(
+                    _Snapshot(
+                        {
+                            name: torch.empty(
+                                spec.shape, dtype=torch_dtype_of(spec.numpy_dtype), pin_memory=pin
+                            )
+                            for name, spec in self._specs.items()
+                        }
+                    )
+                )
+            self._pool_filled = True
+        while True:
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                self._raise_background_error()
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            try:
+                if item is _STOP:
+                    return
+                if self._error is None:
+                    self._write(item)
+            except BaseException as exc:  # surfaced on the caller's next call
+                self._error = exc
+            finally:
+                if item is not _STOP:
+                    self._free.put(item)
+                self._work.task_done()
+
+    def _write(self, snapshot: _Snapshot) -> None:
+        if snapshot.ready is not None:
+            snapshot.ready.synchronize()
+        if not self._store.fields:
+            self._store.define_fields(self._specs)
+        arrays = {name: torch_to_numpy(buf) for name, buf in snapshot.buffers.items()}
+        self._store.append(snapshot.step, arrays)
+
+    def _raise_background_error(self) -> None:
+        if self._error is None:
+            return
+        error = self._error
+        committed = self._store.committed
+        last = f"the first {committed} step(s) are committed and intact"
+        if isinstance(error, OSError):
+            raise WordybirdError(f"writing to {self.path} failed: {error}; {last}") from error
+        raise WordybirdError(
+            f"the background writer for {self.path} failed: {error!r}; {last}"
+        ) from error
+
+
+def _as_tensor(name: str, value: torch.Tensor | np.ndarray | float) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise WordybirdError(f"field {name!r}: cannot record a {type(value).__name__}") from exc
