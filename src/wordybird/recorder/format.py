@@ -321,17 +321,14 @@ class RecordingStore:
         n = self.committed
         arrays = {name: self._encode(n, name, value) for name, value in arrays.items()}
 
+        targets = {name: self._array(name) for name in [STEPS_FIELD, *arrays]}
+
         async def write() -> None:
             # resize() updates each array object's metadata in place
+            await asyncio.gather(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
             await asyncio.gather(
-                *(
-                    self._array(name).resize((n + 1, *self._array(name).shape[1:]))
-                    for name in [STEPS_FIELD, *arrays]
-                )
-            )
-            await asyncio.gather(
-                self._arrays[STEPS_FIELD].setitem(n, np.int64(step)),
-                *(self._arrays[name].setitem(n, value) for name, value in arrays.items()),
+                targets[STEPS_FIELD].setitem(n, np.int64(step)),
+                *(targets[name].setitem(n, value) for name, value in arrays.items()),
             )
 
         sync(write())
@@ -347,14 +344,17 @@ class RecordingStore:
         self.discard_uncommitted()
 
     def discard_uncommitted(self) -> None:
-        """Shrink every array to ``committed`` (removes a crashed writer's partial step)."""
+        """Remove what a killed writer left past ``committed``: grown arrays, temp files."""
+        for leftover in self.path.rglob("*.partial"):  # zarr's atomic-write temporaries
+            leftover.unlink(missing_ok=True)
         n = self.committed
         if not self.fields:
             return
 
+        targets = [self._array(name) for name in [STEPS_FIELD, *self.fields]]
+
         async def shrink() -> None:
-            for name in [STEPS_FIELD, *self.fields]:
-                array = self._array(name)
+            for array in targets:
                 if array.shape[0] != n:
                     await array.resize((n, *array.shape[1:]))
 

@@ -211,7 +211,10 @@ class ZarrRecording(Recording):
         self._spec(field)
         if isinstance(index, slice) and index.stop > len(self._steps):
             index = slice(index.start, len(self._steps))
-        return numpy_to_torch(np.ascontiguousarray(self._store.read(field, index)))
+        values = np.asarray(self._store.read(field, index))  # keeps 0-d steps 0-d
+        if not (values.flags.c_contiguous and values.flags.writeable):
+            values = values.copy()
+        return numpy_to_torch(values)
 
     def _spec(self, field: str):
         try:

@@ -1,0 +1,329 @@
+"""The streaming recorder and its reader: round trips, resume, crash safety, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import wordybird
+from wordybird import StreamingRecorder, WordybirdError
+from wordybird.recorder.format import RecordingStore
+
+MODES = ["default", "compact"]
+
+
+def make_step(step: int, vocab: int = 300, dim: int = 8) -> dict[str, torch.Tensor]:
+    """A deterministic step with every dtype the recorder must keep bit-exact."""
+    g = torch.Generator().manual_seed(step)
+    emb = torch.randn(vocab, dim, generator=g).bfloat16()
+    emb[0, 0] = float("nan")
+    emb[1, 1] = float("inf")
+    emb[2, 2] = float("-inf")
+    emb[3, 3] = -0.0
+    return {
+        "embeddings": emb,
+        "logits": torch.randn(vocab, generator=g).bfloat16(),
+        "losses": torch.tensor(float("nan") if step == 0 else 1.0 / (step + 1)).bfloat16(),
+        "grad_norms": torch.tensor([step * 0.5, float("nan")], dtype=torch.float32),
+        "counts": torch.arange(5, dtype=torch.int64) * step,
+    }
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-exact equality, NaN included (torch.equal says NaN != NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    view = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
+
+
+def record_steps(path: Path, steps: list[int], **kwargs: object) -> None:
+    with StreamingRecorder(path, **kwargs) as rec:
+        for s in steps:
+            rec.record(s, make_step(s))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_round_trip_is_bit_exact(tmp_path: Path, mode: str) -> None:
+    steps = [0, *range(1, 41, 2)]  # more than one keyframe interval in compact mode
+    record_steps(tmp_path / "r.zarr", steps, mode=mode, metadata={"lr": 1e-3, "name": "t"})
+    rec = wordybird.open(tmp_path / "r.zarr")
+    assert list(rec.steps) == steps
+    assert len(rec) == len(steps)
+    assert rec.fields == ("embeddings", "logits", "losses", "grad_norms", "counts")
+    assert rec.metadata == {"lr": 1e-3, "name": "t"}
+    assert rec["embeddings"].shape == (len(steps), 300, 8)
+    assert rec["embeddings"].dtype == torch.bfloat16
+    assert rec["counts"].dtype == torch.int64
+    for position, step in enumerate(steps):
+        expected = make_step(step)
+        got = rec.at_step(step)
+        for field in rec.fields:
+            assert same_bits(got[field], expected[field]), (field, step)
+            assert same_bits(rec[field][position], expected[field])
+    # slices, negative positions, random access out of order
+    block = rec["embeddings"][5:19]
+    for row, step in enumerate(steps[5:19]):
+        assert same_bits(block[row], make_step(step)["embeddings"])
+    assert same_bits(rec["logits"][-1], make_step(steps[-1])["logits"])
+    assert same_bits(rec["embeddings"][3], make_step(steps[3])["embeddings"])
+    assert rec["losses"][0:0].shape == (0,)
+
+
+def test_bf16_arrays_declare_the_bfloat16_data_type(tmp_path: Path) -> None:
+    record_steps(tmp_path / "r.zarr", [0, 1])
+    for field in ("embeddings", "logits", "losses"):
+        meta = json.loads((tmp_path / "r.zarr" / field / "zarr.json").read_text())
+        assert meta["data_type"] == "bfloat16"
+        assert any(c["name"] == "crc32c" for c in meta["codecs"])
+    meta = json.loads((tmp_path / "r.zarr" / "recorded_steps" / "zarr.json").read_text())
+    assert meta["data_type"] == "int64"
+
+
+def test_other_zarr_readers_decode_the_default_mode(tmp_path: Path) -> None:
+    """TensorStore knows the core codecs and the bfloat16 extension: it reads our bits."""
+    ts = pytest.importorskip("tensorstore")
+    record_steps(tmp_path / "r.zarr", [0, 1, 2])
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(tmp_path / "r.zarr" / "embeddings")},
+    }
+    data = ts.open(spec).result().read().result()
+    assert str(data.dtype) == "bfloat16"
+    for position in range(3):
+        got = torch.from_numpy(data[position].view(np.int16)).view(torch.bfloat16)
+        assert same_bits(got, make_step(position)["embeddings"])
+
+
+def test_snapshot_is_taken_before_record_returns(tmp_path: Path) -> None:
+    weight = torch.zeros(64, 4, dtype=torch.bfloat16)
+    with StreamingRecorder(tmp_path / "r.zarr", queue_size=4) as rec:
+        for step in range(6):
+            weight.fill_(step)
+            rec.record(step, {"w": weight})
+            weight.fill_(-1)  # an optimizer mutating its tensors right after
+    got = wordybird.open(tmp_path / "r.zarr")["w"][:]
+    assert torch.equal(got, torch.arange(6, dtype=torch.bfloat16)[:, None, None].expand(6, 64, 4))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_and_truncate(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "r.zarr"
+    record_steps(path, list(range(0, 20)), mode=mode, metadata={"a": 1})
+    with StreamingRecorder(path, resume=True, metadata={"b": 2}) as rec:
+        assert rec.last_step == 19
+        with pytest.raises(WordybirdError, match="not greater than the last recorded step 19"):
+            rec.record(19, make_step(19))
+        rec.truncate(after_step=12)  # training resumed from the checkpoint of step 12
+        assert rec.last_step == 12
+        for s in range(13, 25):
+            rec.record(s, make_step(s))
+    rec = wordybird.open(path)
+    assert list(rec.steps) == list(range(25))
+    assert rec.metadata == {"a": 1, "b": 2}
+    for s in (0, 12, 13, 17, 24):
+        assert same_bits(rec.at_step(s)["embeddings"], make_step(s)["embeddings"])
+    assert not list((path / "embeddings" / "c").glob("25"))  # truncated chunks removed
+
+
+def test_reader_sees_only_committed_steps_while_recording(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    with StreamingRecorder(path) as writer:
+        writer.record(0, make_step(0))
+        writer.flush()
+        reader = wordybird.open(path)
+        assert list(reader.steps) == [0]
+        for s in range(1, 4):
+            writer.record(s, make_step(s))
+        writer.flush()
+        assert list(reader.steps) == [0]  # a snapshot until refreshed
+        reader.refresh()
+        assert list(reader.steps) == [0, 1, 2, 3]
+        assert same_bits(reader["embeddings"][3], make_step(3)["embeddings"])
+    # A step grown into the arrays but never committed (a writer killed mid-step) is
+    # invisible to readers and cut away on resume.
+    group = zarr.open_group(str(path), mode="r+")
+    for name in ["recorded_steps", *reader.fields]:
+        group[name].resize((5, *group[name].shape[1:]))
+    group["recorded_steps"][4] = 99
+    rec = wordybird.open(path)
+    assert list(rec.steps) == [0, 1, 2, 3]
+    assert rec.uncommitted == 1
+    with StreamingRecorder(path, resume=True) as writer:
+        writer.record(4, make_step(4))
+    rec = wordybird.open(path)
+    assert list(rec.steps) == [0, 1, 2, 3, 4]
+    assert rec.uncommitted == 0
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_recorder import make_step
+    from wordybird import StreamingRecorder
+    mode, path, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
+    with StreamingRecorder(path, mode=mode, resume=resume) as rec:
+        start = 0 if rec.last_step is None else rec.last_step + 1
+        for step in range(start, 10_000):
+            rec.record(step, make_step(step, vocab=4000, dim=64))
+            print(step, flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_9_loses_at_most_the_step_in_flight(tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_SCRIPT.format(tests=str(Path(__file__).parent)))
+    path = tmp_path / "r.zarr"
+    for attempt, kill_after in enumerate((8, 15)):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), mode, str(path), "resume" if attempt else "new"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        printed = 0
+        deadline = time.monotonic() + 120
+        while printed < kill_after and time.monotonic() < deadline:
+            if proc.stdout.readline():
+                printed += 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rec = wordybird.open(path)
+        n = len(rec)
+        # every step handed to record() before the kill except those still queued
+        assert n >= 1
+        assert list(rec.steps) == list(range(n))
+        for s in {0, n // 2, n - 1}:
+            got = rec.at_step(s)
+            for field, value in make_step(s, vocab=4000, dim=64).items():
+                assert same_bits(got[field], value), (field, s)
+    with StreamingRecorder(path, resume=True) as writer:
+        last = writer.last_step
+        writer.record(last + 1, make_step(last + 1, vocab=4000, dim=64))
+    rec = wordybird.open(path)
+    assert list(rec.steps) == list(range(last + 2))
+    assert same_bits(rec["embeddings"][-1], make_step(last + 1, vocab=4000, dim=64)["embeddings"])
+
+
+def test_background_failure_surfaces_and_keeps_committed_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.zarr"
+    rec = StreamingRecorder(path)
+    for s in range(3):
+        rec.record(s, make_step(s))
+    rec.flush()
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RecordingStore, "append", disk_full)
+    rec.record(3, make_step(3))
+    with pytest.raises(WordybirdError, match="No space left on device.*first 3 step"):
+        for s in range(4, 10):
+            rec.record(s, make_step(s))
+    with pytest.raises(WordybirdError, match="No space left"):
+        rec.close()
+    assert list(wordybird.open(path).steps) == [0, 1, 2]
+
+
+def test_corrupted_chunk_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    with StreamingRecorder(path) as rec:  # big enough for one chunk per step
+        for s in range(2):
+            rec.record(s, {"w": make_step(s, vocab=4000, dim=64)["embeddings"]})
+    chunk = next(p for p in (path / "w" / "c" / "1").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    rec = wordybird.open(path)
+    assert same_bits(rec["w"][0], make_step(0, vocab=4000, dim=64)["embeddings"])
+    with pytest.raises(Exception, match="(?i)checksum|crc"):
+        rec["w"][1]
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_shape_dtype_and_field_changes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    with StreamingRecorder(path) as rec:
+        rec.record(0, make_step(0))
+        bad_shape = make_step(1) | {"embeddings": torch.zeros(301, 8, dtype=torch.bfloat16)}
+        shape_error = r"step 1: field 'embeddings' has shape \(301, 8\)"
+        with pytest.raises(WordybirdError, match=shape_error):
+            rec.record(1, bad_shape)
+        bad_dtype = make_step(1) | {"logits": torch.zeros(300)}
+        with pytest.raises(WordybirdError, match="'logits'.*float32.*bfloat16"):
+            rec.record(1, bad_dtype)
+        with pytest.raises(WordybirdError, match="field.*extra.*not in the recording's first"):
+            rec.record(1, make_step(1) | {"extra": torch.zeros(2)})
+        missing = make_step(1)
+        del missing["losses"]
+        with pytest.raises(WordybirdError, match="missing field.*losses"):
+            rec.record(1, missing)
+        with pytest.raises(WordybirdError, match="step 0 is not greater"):
+            rec.record(0, make_step(0))
+        rec.record(1, make_step(1))  # a refused record leaves the recorder usable
+    assert list(wordybird.open(path).steps) == [0, 1]
+
+
+def test_existing_recording_is_not_overwritten_by_accident(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    record_steps(path, [0, 1])
+    with pytest.raises(WordybirdError, match="already holds a recording"):
+        StreamingRecorder(path)
+    assert list(wordybird.open(path).steps) == [0, 1]
+    record_steps(path, [5], overwrite=True)
+    assert list(wordybird.open(path).steps) == [5]
+
+
+def test_paths_that_are_not_recordings(tmp_path: Path) -> None:
+    with pytest.raises(WordybirdError, match="does not exist"):
+        wordybird.open(tmp_path / "missing.zarr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WordybirdError, match="not a wordybird recording"):
+        wordybird.open(tmp_path / "empty")
+    with pytest.raises(WordybirdError, match="cannot resume"):
+        StreamingRecorder(tmp_path / "empty", resume=True)
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(WordybirdError, match="not a wordybird recording"):
+        wordybird.open(tmp_path / "plain.zarr")
+    with pytest.raises(WordybirdError, match="folder .* does not exist"):
+        StreamingRecorder(tmp_path / "no" / "such" / "r.zarr")
+
+
+def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    record_steps(path, [0])
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["wordybird"]["format_version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(WordybirdError, match="format version 99"):
+        wordybird.open(path)
+
+
+def test_reader_errors_name_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "r.zarr"
+    record_steps(path, [0, 3])
+    rec = wordybird.open(path)
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        rec["nope"]
+    with pytest.raises(KeyError, match=r"step 2 is not recorded .*0\.\.3"):
+        rec.at_step(2)
+    with pytest.raises(IndexError, match="position 2 is out of range"):
+        rec["logits"][2]
