@@ -1,0 +1,137 @@
+"""What a recording holds, at a glance: ``wordybird inspect PATH`` for a store or an export.
+
+The report is a plain JSON-able dict (``--json`` prints it as is) so scripts can check a
+recording without parsing text; :func:`format_report` renders it for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wordybird.recorder.reader import Recording, ZarrRecording, open_recording
+
+#: The per-step loss field of a training recording (the initial state's loss is NaN).
+LOSS_FIELD = "losses"
+
+
+def inspect_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A summary of the recording at ``path``: layout, steps, sizes, compression, loss."""
+    with open_recording(path) as rec:
+        steps = rec.steps
+        report: dict[str, Any] = {
+            "path": str(rec.path),
+            "format": rec.format,
+            "steps": {
+                "count": len(steps),
+                "first": int(steps[0]) if len(steps) else None,
+                "last": int(steps[-1]) if len(steps) else None,
+            },
+            "size_on_disk": _size_on_disk(rec.path),
+            "fields": [_field_report(rec, name) for name in rec.fields],
+            "loss": _loss_report(rec),
+            "metadata": rec.metadata,
+        }
+        if isinstance(rec, ZarrRecording):
+            report["mode"] = rec.mode
+            report["committed"] = len(steps)
+            report["uncommitted"] = rec.uncommitted
+    return report
+
+
+def _field_report(rec: Recording, name: str) -> dict[str, Any]:
+    view = rec[name]
+    raw = math.prod(view.shape) * view.dtype.itemsize
+    entry: dict[str, Any] = {
+        "name": name,
+        "shape": list(view.shape),
+        "dtype": str(view.dtype).removeprefix("torch."),
+        "raw_bytes": raw,
+    }
+    if isinstance(rec, ZarrRecording):
+        on_disk = rec.nbytes_on_disk(name)
+        entry["bytes_on_disk"] = on_disk
+        entry["compression_ratio"] = raw / on_disk if on_disk else None
+    return entry
+
+
+def _loss_report(rec: Recording) -> dict[str, Any] | None:
+    """First, last and lowest loss over the steps that have one (the initial state has NaN)."""
+    if LOSS_FIELD not in rec or rec.step_shape(LOSS_FIELD) != () or not len(rec):
+        return None
+    losses = rec[LOSS_FIELD][:].double()
+    known = torch.nonzero(~torch.isnan(losses)).flatten()
+    if not len(known):
+        return None
+    steps = rec.steps
+    lowest = int(known[torch.argmin(losses[known])])
+    first, last = int(known[0]), int(known[-1])
+    return {
+        "first": {"step": int(steps[first]), "value": losses[first].item()},
+        "last": {"step": int(steps[last]), "value": losses[last].item()},
+        "min": {"step": int(steps[lowest]), "value": losses[lowest].item()},
+    }
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as aligned text for a terminal."""
+    steps = report["steps"]
+    lines = [f"{report['path']}", f"  format:    {report['format']}"]
+    if "mode" in report:
+        lines[-1] += f" ({report['mode']} mode)"
+    span = f"{steps['first']}..{steps['last']}" if steps["count"] else "none"
+    lines.append(f"  steps:     {steps['count']} recorded, {span}")
+    if "committed" in report:
+        lines.append(
+            f"  committed: {report['committed']} step(s), "
+            f"{report['uncommitted']} in progress or left by a crash"
+        )
+    lines.append(f"  on disk:   {_human(report['size_on_disk'])}")
+    lines.append("  fields:")
+    width = max((len(f["name"]) for f in report["fields"]), default=0)
+    for field in report["fields"]:
+        shape = "[" + ", ".join(map(str, field["shape"])) + "]"
+        size = _human(field["raw_bytes"])
+        line = f"    {field['name']:<{width}}  {field['dtype']:<8} {shape:<18} {size}"
+        if field.get("compression_ratio"):
+            line += (
+                f"  -> {_human(field['bytes_on_disk'])} on disk ({field['compression_ratio']:.2f}x)"
+            )
+        lines.append(line)
+    loss = report["loss"]
+    if loss is not None:
+        lines.append(
+            "  loss:      "
+            + ", ".join(
+                f"{key} {loss[key]['value']:.4f} (step {loss[key]['step']})"
+                for key in ("first", "last", "min")
+            )
+        )
+    if report["metadata"]:
+        lines.append("  metadata:")
+        for key, value in sorted(report["metadata"].items()):
+            text = json.dumps(value)
+            lines.append(f"    {key}: {text if len(text) <= 72 else text[:69] + '...'}")
+    return "\n".join(lines)
+
+
+def _human(nbytes: int) -> str:
+    if nbytes < 1000:
+        return f"{nbytes} B"
+    value = nbytes / 1000
+    for unit in ("kB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
