@@ -15,7 +15,10 @@ from wordybird import __version__
 from wordybird.errors import WordybirdError
 
 #: command name -> "module:attribute" of its click command
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "export": "wordybird.export.cli:export",
+    "inspect": "wordybird.export.cli:inspect",
+}
 
 
 class _LazyGroup(click.Group):
