@@ -1,0 +1,152 @@
+"""Shared pieces of the benchmarks: the notebook's step, tensor sources, codec timing.
+
+Benchmarks run as scripts (``python benchmarks/NAME.py``), so this module is imported as
+``_common`` from the benchmarks folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numcodecs
+import numcodecs.blosc
+import numpy as np
+import torch
+from zarr.codecs import BloscCodec
+
+import wordybird
+from wordybird.recorder.format import FieldSpec, chunk_shape
+
+#: The notebook's GPT-2 embedding shape: vocabulary × hidden size.
+VOCAB, DIM = 50257, 64
+#: The four [V, D] fields the notebook records per step (then logits [V] and a loss).
+MATRIX_FIELDS = ("embeddings", "grads", "momentum", "variance")
+#: Where a real 30-step run at the notebook's config left its steps (bf16 bits as int16).
+REAL_NPZ_DIR = Path("/tmp/real")
+#: The notebook's in-RAM scheme at its shapes, 101 steps (measured, /work/shared/NOTES.md).
+NOTEBOOK_PEAK_RSS_GROWTH = 7.7e9
+
+Step = dict[str, torch.Tensor]
+
+
+def step_nbytes(step: Step) -> int:
+    """Raw tensor bytes of one step: what a recorder must move per step."""
+    return sum(t.numel() * t.element_size() for t in step.values())
+
+
+def synthetic_walk(count: int, seed: int = 0) -> list[Step]:
+    """``count`` consecutive steps of a bf16 random walk at the notebook's shapes.
+
+    Random values in bf16 compress only through their sign and exponent bits, about as
+    well as real training tensors do, so the recorder's compression work is real; each
+    step adds a little noise to the previous one, as training does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    scales = {"embeddings": 0.02, "grads": 1e-3, "momentum": 1e-4, "variance": 1e-7}
+    state = {name: torch.randn(VOCAB, DIM, generator=g) * s for name, s in scales.items()}
+    steps = []
+    for i in range(count):
+        for name, s in scales.items():
+            state[name] += torch.randn(VOCAB, DIM, generator=g) * (s * 0.01)
+        step = {name: value.bfloat16() for name, value in state.items()}
+        step["variance"] = step["variance"].abs()
+        step["logits"] = (torch.randn(VOCAB, generator=g) * 3).bfloat16()
+        step["losses"] = torch.tensor(10.0 - 0.01 * i).bfloat16()
+        steps.append(step)
+    return steps
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Real per-step tensors, loaded one step at a time (a long recording never fits RAM)."""
+
+    label: str
+    count: int
+    load: Callable[[int], Step]
+    real: bool = True
+
+    def __iter__(self) -> Iterator[Step]:
+        return (self.load(i) for i in range(self.count))
+
+
+def tensor_source(recording: Path | None, max_steps: int) -> TensorSource:
+    """The best available real tensors, or a clearly labelled synthetic walk.
+
+    In order: the recording given on the command line, the steps saved in ``/tmp/real``,
+    and else a synthetic random walk (``real`` is False: ratios from it are not real).
+    """
+    if recording is not None:
+        rec = wordybird.open(recording)
+        count = min(len(rec), max_steps)
+        return TensorSource(
+            f"{count} steps of recording {recording}",
+            count,
+            lambda i: {field: rec[field][i] for field in rec.fields},
+        )
+    files = sorted(REAL_NPZ_DIR.glob("step*.npz"))[:max_steps]
+    if files:
+
+        def load_npz(i: int) -> Step:
+            with np.load(files[i]) as data:
+                return {k: torch.from_numpy(data[k]).view(torch.bfloat16) for k in data.files}
+
+        return TensorSource(f"{len(files)} real steps from {REAL_NPZ_DIR}", len(files), load_npz)
+    steps = synthetic_walk(min(max_steps, 30))
+    return TensorSource(
+        f"SYNTHETIC random walk, {len(steps)} steps (no real tensors found: ratios are "
+        "not those of training; pass --recording PATH)",
+        len(steps),
+        steps.__getitem__,
+        real=False,
+    )
+
+
+def numcodecs_blosc(codec: BloscCodec) -> numcodecs.Blosc:
+    """The numcodecs compressor that a Zarr ``BloscCodec`` runs, with the same settings."""
+    config = codec.to_dict()["configuration"]
+    shuffles = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+    return numcodecs.Blosc(
+        cname=config["cname"],
+        clevel=config["clevel"],
+        shuffle=shuffles[config["shuffle"]],
+        blocksize=config["blocksize"],
+        typesize=config["typesize"],
+    )
+
+
+def chunks_as_stored(field: str, bits: np.ndarray) -> list[np.ndarray]:
+    """One step of a field cut into the chunks the recorder writes (format.chunk_shape)."""
+    spec = FieldSpec(field, "uint16", tuple(bits.shape))
+    rows = chunk_shape(spec)[1] if bits.ndim else 1
+    flat = bits.reshape(bits.shape[0], -1) if bits.ndim else bits.reshape(1)
+    return [np.ascontiguousarray(flat[i : i + rows]) for i in range(0, len(flat), rows)]
+
+
+def bits_of(tensor: torch.Tensor) -> np.ndarray:
+    """A 2-byte tensor's raw bits as uint16 (codecs see bytes, not values)."""
+    return tensor.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def time_compress(
+    codec: numcodecs.abc.Codec, chunks: Sequence[np.ndarray], repeats: int = 3
+) -> tuple[float, float]:
+    """(compression ratio, single-thread bytes per second) of ``codec`` over ``chunks``.
+
+    Blosc's own worker threads are switched off so the speed is one core's; the best of
+    ``repeats`` passes is kept, because other processes share the cores.
+    """
+    raw = sum(c.nbytes for c in chunks)
+    previous = numcodecs.blosc.use_threads
+    numcodecs.blosc.use_threads = False
+    try:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            packed = sum(len(codec.encode(c)) for c in chunks)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        numcodecs.blosc.use_threads = previous
+    return raw / packed, raw / best
