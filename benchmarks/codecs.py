@@ -1,0 +1,84 @@
+"""Which core Zarr codec for recorded bf16 tensors: the measurement behind format.py.
+
+For each [V, D] field (embeddings, grads, momentum, variance) and each candidate codec,
+the lossless ratio and one core's compression speed, on the values themselves (default
+mode) and on their XOR with the previous step (compact mode). Tensors are real when
+available (``--recording PATH`` or /tmp/real), cut into the chunks the recorder writes.
+
+Run: ``python benchmarks/codecs.py [--recording PATH] [--steps N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+
+from _common import MATRIX_FIELDS, bits_of, chunks_as_stored, tensor_source, time_compress
+
+#: Candidates: every one is a core Zarr v3 codec (``blosc`` or ``zstd``), which any Zarr
+#: reader, TensorStore included, decodes.
+CANDIDATES: dict[str, numcodecs.abc.Codec] = {
+    **{
+        f"blosc zstd{level} {name}": numcodecs.Blosc("zstd", level, shuffle, typesize=2)
+        for level in (1, 3, 5)
+        for name, shuffle in (
+            ("shuffle", numcodecs.Blosc.SHUFFLE),
+            ("bitshuf", numcodecs.Blosc.BITSHUFFLE),
+        )
+    },
+    "blosc lz4 shuffle": numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE, typesize=2),
+    "blosc lz4 bitshuf": numcodecs.Blosc("lz4", 5, numcodecs.Blosc.BITSHUFFLE, typesize=2),
+    "zstd1": numcodecs.Zstd(level=1),
+    "zstd3": numcodecs.Zstd(level=3),
+}
+
+
+def measured_positions(count: int, steps: int) -> list[int]:
+    """``steps`` positions spread over the run, each with a previous step to XOR with."""
+    if count < 2:
+        raise SystemExit("codecs.py needs at least two consecutive steps")
+    return sorted({max(1, round((i + 1) * count / steps) - 1) for i in range(steps)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recording", type=Path, help="a recording to take the steps from")
+    parser.add_argument("--steps", type=int, default=3, help="steps measured (default 3)")
+    args = parser.parse_args()
+    source = tensor_source(args.recording, max_steps=10**9)
+    positions = measured_positions(source.count, args.steps)
+    print(f"tensors: {source.label}; positions {positions} (XOR with the position before)")
+    inputs: dict[tuple[str, str], list[np.ndarray]] = {}
+    for position in positions:
+        previous, current = source.load(position - 1), source.load(position)
+        for field in MATRIX_FIELDS:
+            bits = bits_of(current[field])
+            xor = bits ^ bits_of(previous[field])
+            inputs.setdefault((field, "values"), []).extend(chunks_as_stored(field, bits))
+            inputs.setdefault((field, "XOR-prev"), []).extend(chunks_as_stored(field, xor))
+
+    header = "".join(f"{f:>11s}" for f in MATRIX_FIELDS)
+    for encoding in ("values", "XOR-prev"):
+        print(f"\n{encoding}: ratio per field, overall ratio and one core's MB/s")
+        print(f"{'codec':20s}{header}{'overall':>10s}{'MB/s':>7s}")
+        for name, codec in CANDIDATES.items():
+            raw = packed = seconds = 0.0
+            cells = ""
+            for field in MATRIX_FIELDS:
+                chunks = inputs[field, encoding]
+                nbytes = sum(c.nbytes for c in chunks)
+                ratio, speed = time_compress(codec, chunks)
+                cells += f"{ratio:10.2f}×"
+                raw += nbytes
+                packed += nbytes / ratio
+                seconds += nbytes / speed
+            print(f"{name:20s}{cells}{raw / packed:9.2f}×{raw / seconds / 1e6:7.0f}")
+    if not source.real:
+        print("\n(SYNTHETIC tensors: these ratios say nothing about real training data)")
+
+
+if __name__ == "__main__":
+    main()
