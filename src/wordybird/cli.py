@@ -18,6 +18,7 @@ from wordybird.errors import WordybirdError
 COMMANDS: dict[str, str] = {
     "export": "wordybird.export.cli:export",
     "inspect": "wordybird.export.cli:inspect",
+    "analyze": "wordybird.analysis.cli:analyze",
 }
 
 

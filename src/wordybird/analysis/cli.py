@@ -1,0 +1,78 @@
+"""``wordybird analyze``: the lattice-hop / freeze analysis of a recording, with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+import wordybird
+from wordybird.analysis import hops
+from wordybird.analysis.hops import DEFAULT_THRESHOLD, Analysis
+from wordybird.analysis.plots import write_plots
+from wordybird.analysis.report import format_report, write_outputs
+
+
+def _analyze_path(
+    path: Path, masks_path: Path | None, threshold: float, *, fallback_masks: Path | None = None
+) -> Analysis:
+    """Open one recording, find its masks and analyse it."""
+    with wordybird.open(path) as recording:
+        if masks_path is None:
+            masks_path = hops.default_masks_path(path)
+            if not masks_path.is_file() and fallback_masks is not None:
+                masks_path = fallback_masks
+        vocab_size, _ = hops.embeddings_shape(recording)
+        masks = hops.load_masks(masks_path, vocab_size)
+        return hops.analyze(recording, masks, threshold=threshold, progress=True)
+
+
+@click.command()
+@click.argument("recording", type=click.Path(path_type=Path))
+@click.option(
+    "--masks",
+    type=click.Path(path_type=Path),
+    help="Token masks (safetensors with trained_mask/untrained_mask). "
+    "Default: token_masks.safetensors beside the recording.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder. Default: analysis/ beside the recording.",
+)
+@click.option(
+    "--compare",
+    "compare",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Another recording to overlay in the plots (repeatable). Its masks are the "
+    "token_masks.safetensors beside it, else the main run's.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Untrained hop fraction below which a step counts as frozen.",
+)
+def analyze(
+    recording: Path,
+    masks: Path | None,
+    out: Path | None,
+    compare: tuple[Path, ...],
+    threshold: float,
+) -> None:
+    """Which bf16 embedding coordinates hop at each step, and why untrained ones freeze.
+
+    Writes analysis.json, analysis.csv, hops.png and displacement.png, and prints the
+    freeze step with its explanation from the recorded Adam state.
+    """
+    main = _analyze_path(recording, masks, threshold)
+    others = [
+        _analyze_path(other, None, threshold, fallback_masks=Path(main.summary["masks"]))
+        for other in compare
+    ]
+    out_dir = out if out is not None else recording.parent / "analysis"
+    written = write_outputs(main, others, out_dir) + write_plots(main, others, out_dir)
+    click.echo(format_report(main, others))
+    click.echo(f"  wrote {', '.join(str(p) for p in written)}")

@@ -1,0 +1,462 @@
+"""Per-step lattice-hop statistics of a recording, and the Adam update that explains them.
+
+A coordinate *hops* at a recorded step when its bf16 value differs from the previous
+recorded step's. For each step this module measures, separately for the tokens that occur
+in the corpus ("trained") and those that never do ("untrained"): the fraction of embedding
+coordinates that hopped, the hop sizes in ULPs, the per-token displacement norms, and the
+untrained cloud's centroid and radius. It then predicts the hops from the recorded Adam
+state: the step's update ``u = lr · m̂ / (√v̂ + ε)`` (plus ``lr · wd · w`` when weight decay
+is on) changes a bf16 value under round-to-nearest exactly when it exceeds half the lattice
+spacing at that value, so comparing the predicted with the observed hop fraction tests
+whether a "freeze" is just the update shrinking below the bf16 lattice.
+
+Memory is bounded by a few copies of one step: the recording is read one position at a
+time, keeping only the previous and the first step's embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from wordybird.analysis.lattice import spacing_toward, ulp_distance
+from wordybird.errors import WordybirdError
+from wordybird.recorder.reader import Recording
+
+GROUPS: tuple[str, ...] = ("untrained", "trained")
+MASKS_FILENAME = "token_masks.safetensors"
+DEFAULT_THRESHOLD = 1e-3
+#: torch.optim.Adam(W)'s defaults, which the Trainer passes through unless told otherwise.
+DEFAULT_BETA1 = 0.9
+DEFAULT_BETA2 = 0.999
+DEFAULT_EPSILON = 1e-8
+
+#: Per-group statistics, in column order; each becomes ``<group>_<name>`` in a record,
+#: except the predicted fraction, which is ``predicted_<group>_hop_fraction``.
+_GROUP_STATS: tuple[str, ...] = (
+    "hop_fraction",
+    "predicted_hop_fraction",
+    "prediction_agreement",
+    "hop_ulps_mean",
+    "hop_ulps_max",
+    "update_median",
+    "half_spacing_median",
+    "displacement_prev_max",
+    "displacement_prev_mean",
+    "displacement_prev_median",
+    "displacement_first_max",
+    "displacement_first_mean",
+    "displacement_first_median",
+)
+
+
+def column(group: str, stat: str) -> str:
+    """The record key of a per-group statistic."""
+    return (
+        f"predicted_{group}_hop_fraction"
+        if stat == "predicted_hop_fraction"
+        else (f"{group}_{stat}")
+    )
+
+
+#: Every record's keys, in the order the CSV lists them.
+COLUMNS: tuple[str, ...] = (
+    "step",
+    "optimizer_step",
+    "learning_rate",
+    *(column(g, s) for g in GROUPS for s in _GROUP_STATS),
+    "untrained_centroid_norm",
+    "untrained_radius",
+)
+
+
+@dataclass(frozen=True)
+class TokenMasks:
+    """Which embedding rows belong to trained and to untrained tokens (int64 indices)."""
+
+    path: Path
+    untrained: torch.Tensor
+    trained: torch.Tensor
+
+    def groups(self) -> dict[str, torch.Tensor]:
+        return {"untrained": self.untrained, "trained": self.trained}
+
+
+def default_masks_path(recording_path: str | os.PathLike[str]) -> Path:
+    """Where training leaves the masks: ``token_masks.safetensors`` beside the recording."""
+    return Path(recording_path).parent / MASKS_FILENAME
+
+
+def load_masks(path: str | os.PathLike[str], vocab_size: int) -> TokenMasks:
+    """Read ``trained_mask``/``untrained_mask`` (or the ``*_indices``) for a vocabulary.
+
+    The boolean masks are the reference (the notebook's file has both forms); the index
+    lists are accepted alone. Masks that do not fit the recording's vocabulary, or that put
+    a token in both groups, are refused: every number downstream would be silently wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WordybirdError(
+            f"token masks {path} not found; pass --masks FILE (a safetensors file with "
+            "trained_mask/untrained_mask, as training writes beside the recording)"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WordybirdError(f"cannot read token masks {path}: {exc}") from exc
+    indices: dict[str, torch.Tensor] = {}
+    for group in GROUPS:
+        mask, idx = tensors.get(f"{group}_mask"), tensors.get(f"{group}_indices")
+        if mask is not None:
+            if mask.dim() != 1 or mask.numel() != vocab_size:
+                raise WordybirdError(
+                    f"{path}: {group}_mask has shape {tuple(mask.shape)}, but the recording's "
+                    f"embeddings have {vocab_size} rows"
+                )
+            indices[group] = torch.nonzero(mask.bool(), as_tuple=False).flatten().to(torch.int64)
+        elif idx is not None:
+            idx = idx.flatten().to(torch.int64)
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
+                raise WordybirdError(
+                    f"{path}: {group}_indices range over {int(idx.min())}..{int(idx.max())}, "
+                    f"outside the recording's vocabulary of {vocab_size}"
+                )
+            indices[group] = torch.unique(idx)
+        else:
+            raise WordybirdError(f"{path} has neither {group}_mask nor {group}_indices")
+    if np.intersect1d(indices["trained"].numpy(), indices["untrained"].numpy()).size:
+        raise WordybirdError(f"{path}: some tokens are marked both trained and untrained")
+    return TokenMasks(path, untrained=indices["untrained"], trained=indices["trained"])
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """The optimizer's constants, from the run's metadata (torch's defaults when absent)."""
+
+    beta1: float = DEFAULT_BETA1
+    beta2: float = DEFAULT_BETA2
+    epsilon: float = DEFAULT_EPSILON
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> AdamSettings:
+        return cls(
+            beta1=float(metadata.get("adam_beta1", DEFAULT_BETA1)),
+            beta2=float(metadata.get("adam_beta2", DEFAULT_BETA2)),
+            epsilon=float(metadata.get("adam_epsilon", DEFAULT_EPSILON)),
+            weight_decay=float(metadata.get("weight_decay", 0.0)),
+        )
+
+
+def learning_rates(recording: Recording) -> tuple[np.ndarray | None, str]:
+    """Each position's learning rate (the one its optimizer step used) and where it came from.
+
+    The recorded ``learning_rates`` field is used when present. Otherwise the metadata's
+    ``learning_rate`` is decayed as the Trainer's default linear schedule (no warmup unless
+    ``warmup_steps`` says so) does: the k-th optimizer step of the run (k = step -
+    starting_step) runs at ``lr · (N - (k-1)) / N``, reaching 0 at ``N = max_steps``; without
+    ``max_steps`` the recording is taken to cover the whole run.
+    """
+    steps = recording.steps
+    if "learning_rates" in recording.fields:
+        values = recording.read("learning_rates", slice(0, len(steps)))
+        return values.to(torch.float64).reshape(len(steps)).numpy(), "recorded field learning_rates"
+    metadata = recording.metadata
+    if "learning_rate" not in metadata:
+        return None, "unknown (no learning_rates field and no learning_rate in the metadata)"
+    base = float(metadata["learning_rate"])
+    start = int(metadata.get("starting_step", steps[0] if len(steps) else 0))
+    horizon = metadata.get("max_steps")
+    total = int(horizon) if horizon is not None else int(steps[-1]) - start
+    warmup = int(metadata.get("warmup_steps", 0))
+    current = np.maximum(steps - start - 1, 0).astype(np.float64)  # the scheduler's step count
+    if warmup > 0:
+        factor = np.where(
+            current < warmup,
+            current / warmup,
+            np.maximum(0.0, (total - current) / max(1, total - warmup)),
+        )
+    else:
+        factor = np.maximum(0.0, (total - current) / max(1, total))
+    where = f"max_steps={total}" if horizon is not None else f"the last recorded step ({total})"
+    return base * factor, (
+        f"metadata learning_rate={base:g} with the Trainer's linear decay to 0 at {where}"
+        + (f" after {warmup} warmup steps" if warmup else "")
+    )
+
+
+def optimizer_steps(recording: Recording) -> tuple[np.ndarray, str]:
+    """Adam's step count t after each recorded step, for the bias corrections.
+
+    The recorded momentum/variance are the state *after* the step, so t = the number of
+    optimizer steps taken: ``step - starting_step`` for a run whose optimizer started fresh
+    at ``starting_step`` (the notebook's continuation did: ``from_pretrained`` restores
+    weights only). A run that restored Adam's state continues its count; it says so with
+    the metadata entry ``optimizer_step_offset`` (the steps its state had already taken).
+    """
+    metadata = recording.metadata
+    steps = recording.steps
+    start = int(metadata.get("starting_step", steps[0] if len(steps) else 0))
+    offset = int(metadata.get("optimizer_step_offset", 0))
+    rule = f"t = step - starting_step ({start})" + (
+        f" + optimizer_step_offset ({offset})" if offset else ""
+    )
+    return steps - start + offset, rule
+
+
+def freeze_step(steps: np.ndarray, fractions: list[float | None], threshold: float) -> int | None:
+    """The first step from which every later hop fraction stays below ``threshold``.
+
+    ``None`` means not frozen: the last step still hops (or is unknown). Unknown fractions
+    (``None``, e.g. the first recorded step, which has no predecessor) end the frozen run.
+    """
+    frozen_from: int | None = None
+    for step, fraction in zip(steps[::-1], fractions[::-1], strict=True):
+        if fraction is None or not fraction < threshold:
+            break
+        frozen_from = int(step)
+    return frozen_from
+
+
+@dataclass
+class Analysis:
+    """One recording's per-step records and its summary."""
+
+    label: str
+    path: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def series(self, key: str) -> np.ndarray:
+        """A record column as float64, NaN where a value is missing (for plotting)."""
+        return np.array(
+            [math.nan if r.get(key) is None else r[key] for r in self.records], dtype=np.float64
+        )
+
+
+def recording_label(path: str | os.PathLike[str]) -> str:
+    """A short name for plots: the run folder for ``<run>/recording.*``, else the file stem."""
+    path = Path(path)
+    return path.parent.name if path.stem == "recording" and path.parent.name else path.stem
+
+
+def analyze(
+    recording: Recording,
+    masks: TokenMasks,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    label: str | None = None,
+    progress: bool = False,
+) -> Analysis:
+    """Measure hops, displacements and the predicted hops at every recorded step."""
+    vocab_size, dim = embeddings_shape(recording)
+    if not 0 < threshold <= 1:
+        raise WordybirdError(f"the threshold is a hop fraction in (0, 1], got {threshold}")
+    steps = recording.steps
+    if len(steps) < 2:
+        raise WordybirdError(
+            f"{recording.path} has {len(steps)} recorded step(s); hops need at least two"
+        )
+    groups = masks.groups()
+    lrs, lr_source = learning_rates(recording)
+    t_steps, t_rule = optimizer_steps(recording)
+    adam = AdamSettings.from_metadata(recording.metadata)
+    missing_state = [f for f in ("momentum", "variance") if f not in recording.fields]
+    can_predict = lrs is not None and not missing_state
+    predicts = 0
+
+    records: list[dict[str, Any]] = []
+    first = prev = None
+    positions: Iterator[int] = iter(range(len(steps)))
+    if progress:
+        positions = tqdm(positions, total=len(steps), desc="analyze", unit="step", leave=False)
+    for position in positions:
+        current = recording.read("embeddings", position)
+        record: dict[str, Any] = dict.fromkeys(COLUMNS)
+        record["step"] = int(steps[position])
+        record["optimizer_step"] = int(t_steps[position])
+        record["learning_rate"] = None if lrs is None else float(lrs[position])
+        if first is None:
+            first = current
+        else:
+            assert prev is not None
+            delta = None
+            if can_predict and steps[position] - steps[position - 1] == 1 and t_steps[position] > 0:
+                delta = _update(
+                    recording, position, prev, float(lrs[position]), adam, int(t_steps[position])
+                )
+                predicts += 1
+            for group, rows in groups.items():
+                record.update(
+                    _group_stats(
+                        group,
+                        prev[rows],
+                        current[rows],
+                        first[rows],
+                        None if delta is None else delta[rows],
+                    )
+                )
+        record.update(_cloud(current[groups["untrained"]]))
+        records.append(record)
+        prev = current
+
+    observed = [r["untrained_hop_fraction"] for r in records]
+    predicted = [r["predicted_untrained_hop_fraction"] for r in records]
+    summary: dict[str, Any] = {
+        "recording": str(recording.path),
+        "format": recording.format,
+        "label": label or recording_label(recording.path),
+        "masks": str(masks.path),
+        "vocab_size": vocab_size,
+        "embedding_dim": dim,
+        "n_untrained": int(masks.untrained.numel()),
+        "n_trained": int(masks.trained.numel()),
+        "recorded_steps": len(steps),
+        "first_step": int(steps[0]),
+        "last_step": int(steps[-1]),
+        "threshold": threshold,
+        "freeze_step": freeze_step(steps, observed, threshold),
+        "predicted_freeze_step": freeze_step(steps, predicted, threshold) if predicts else None,
+        "learning_rate_source": lr_source,
+        "optimizer_step_rule": t_rule,
+        "adam": {
+            "beta1": adam.beta1,
+            "beta2": adam.beta2,
+            "epsilon": adam.epsilon,
+            "weight_decay": adam.weight_decay,
+        },
+        "prediction": _prediction_note(lrs is not None, missing_state, predicts, len(steps) - 1),
+        "initial_untrained_centroid_norm": records[0]["untrained_centroid_norm"],
+        "initial_untrained_radius": records[0]["untrained_radius"],
+    }
+    return Analysis(summary["label"], Path(recording.path), records, summary)
+
+
+def embeddings_shape(recording: Recording) -> tuple[int, int]:
+    """The [vocab, dim] of a recording's bf16 embeddings; refuses what cannot be analysed."""
+    if "embeddings" not in recording.fields:
+        raise WordybirdError(
+            f"{recording.path} has no 'embeddings' field (it has {', '.join(recording.fields)}); "
+            "the lattice analysis needs the per-step embedding matrix"
+        )
+    shape = recording.step_shape("embeddings")
+    if len(shape) != 2:
+        raise WordybirdError(
+            f"{recording.path}: 'embeddings' has per-step shape {shape}, expected [vocab, dim]"
+        )
+    if recording.dtype("embeddings") != torch.bfloat16:
+        raise WordybirdError(
+            f"{recording.path}: 'embeddings' are {recording.dtype('embeddings')}, not bfloat16; "
+            "the lattice analysis is about the bf16 lattice"
+        )
+    for name in ("momentum", "variance"):
+        if name in recording.fields and recording.step_shape(name) != shape:
+            raise WordybirdError(
+                f"{recording.path}: {name!r} has per-step shape {recording.step_shape(name)}, "
+                f"but 'embeddings' has {shape}"
+            )
+    return shape[0], shape[1]
+
+
+def _update(
+    recording: Recording,
+    position: int,
+    previous: torch.Tensor,
+    lr: float,
+    adam: AdamSettings,
+    t: int,
+) -> torch.Tensor:
+    """The change the optimizer step at ``position`` applies to the previous weights (float64).
+
+    AdamW: ``w <- w - lr·wd·w - lr·m̂/(√v̂+ε)``, with the after-step moments of this step.
+    """
+    m = recording.read("momentum", position).to(torch.float64)
+    v = recording.read("variance", position).to(torch.float64)
+    m_hat = m / (1.0 - adam.beta1**t)
+    v_hat = v / (1.0 - adam.beta2**t)
+    change = -lr * m_hat / (v_hat.sqrt() + adam.epsilon)
+    if adam.weight_decay > 0:
+        change -= lr * adam.weight_decay * previous.to(torch.float64)
+    return change
+
+
+def _group_stats(
+    group: str,
+    prev: torch.Tensor,
+    current: torch.Tensor,
+    first: torch.Tensor,
+    delta: torch.Tensor | None,
+) -> dict[str, float | None]:
+    """One token group's statistics for one step (``delta``: the predicted change, if any)."""
+    ulps = ulp_distance(prev, current)
+    hopped = ulps != 0
+    n_hopped = int(hopped.sum())
+    stats: dict[str, float | None] = {
+        "hop_fraction": n_hopped / hopped.numel() if hopped.numel() else None,
+        "hop_ulps_mean": float(ulps[hopped].to(torch.float64).mean()) if n_hopped else None,
+        "hop_ulps_max": int(ulps.max()) if n_hopped else None,
+    }
+    current32 = current.float()
+    stats.update(_norm_stats("displacement_prev", current32 - prev.float()))
+    stats.update(_norm_stats("displacement_first", current32 - first.float()))
+    if delta is not None and delta.numel():
+        half = spacing_toward(prev, delta) / 2
+        predicted = delta.abs() > half
+        stats["predicted_hop_fraction"] = float(predicted.to(torch.float64).mean())
+        stats["prediction_agreement"] = float((predicted == hopped).to(torch.float64).mean())
+        stats["update_median"] = float(delta.abs().median())
+        stats["half_spacing_median"] = float(half.median())
+    return {column(group, k): _finite(v) for k, v in stats.items()}
+
+
+def _norm_stats(name: str, difference: torch.Tensor) -> dict[str, float | None]:
+    """Max/mean/median per-token displacement norm, as the notebook's verification cell."""
+    if not len(difference):
+        return {}
+    norms = torch.norm(difference, dim=1)
+    return {
+        f"{name}_max": float(norms.max()),
+        f"{name}_mean": float(norms.mean()),
+        f"{name}_median": float(norms.median()),
+    }
+
+
+def _cloud(untrained: torch.Tensor) -> dict[str, float | None]:
+    """The untrained tokens' centroid norm and bounding radius (the notebook's initial state)."""
+    if not len(untrained):
+        return {}
+    w = untrained.float()
+    centroid = w.mean(0)
+    radius = torch.norm(w - centroid, dim=1).max()
+    return {
+        "untrained_centroid_norm": _finite(float(torch.norm(centroid))),
+        "untrained_radius": _finite(float(radius)),
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    """Non-finite numbers (NaN weights) become missing values, which JSON and CSV can hold."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def _prediction_note(have_lr: bool, missing_state: list[str], predicted: int, steps: int) -> str:
+    if missing_state:
+        return f"no prediction: the recording has no {' or '.join(missing_state)} field"
+    if not have_lr:
+        return "no prediction: the learning rate is unknown"
+    if predicted < steps:
+        return (
+            f"predicted for {predicted} of {steps} steps (only steps that directly follow "
+            "the previous recorded step, after the optimizer's first step, can be predicted)"
+        )
+    return f"predicted for all {steps} steps"

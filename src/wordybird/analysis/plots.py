@@ -1,0 +1,138 @@
+"""PNG plots of an analysis, with other runs overlaid (e.g. WB1 against its continuation WB3).
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so plotting needs no
+display and leaves the process's global matplotlib state alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from wordybird.analysis.hops import Analysis
+
+HOPS_PNG = "hops.png"
+DISPLACEMENT_PNG = "displacement.png"
+
+
+def _log_if_positive(ax: Axes, *series: np.ndarray) -> None:
+    """Log scale when there is something positive to show (hop fractions reach 0 when frozen)."""
+    if any(np.any(np.nan_to_num(s) > 0) for s in series):
+        ax.set_yscale("log", nonpositive="mask")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_hops(main: Analysis, compare: Sequence[Analysis], path: Path) -> Path:
+    """Hop fractions (observed, predicted) and the learning rate over steps."""
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    hops, lr = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    shown: list[np.ndarray] = []
+    for i, run in enumerate((main, *compare)):
+        color = f"C{i}"
+        steps = run.series("step")
+        for group, style in (
+            (("untrained", "-"), ("trained", ":")) if i == 0 else (("untrained", "-"),)
+        ):
+            observed = run.series(f"{group}_hop_fraction")
+            predicted = run.series(f"predicted_{group}_hop_fraction")
+            hops.plot(steps, observed, style, color=color, label=f"{run.label} {group}")
+            if not np.all(np.isnan(predicted)):
+                hops.plot(
+                    steps,
+                    predicted,
+                    "--",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{run.label} {group} predicted",
+                )
+            shown += [observed, predicted]
+        frozen = run.summary["freeze_step"]
+        if frozen is not None:
+            hops.axvline(frozen, color=color, linewidth=0.8, alpha=0.5)
+        lr.plot(steps, run.series("learning_rate"), color=color, label=run.label)
+    hops.axhline(
+        main.summary["threshold"],
+        color="grey",
+        linewidth=0.8,
+        linestyle="-.",
+        label="freeze threshold",
+    )
+    _log_if_positive(hops, *shown)
+    hops.set_ylabel("fraction of coordinates that hopped")
+    hops.set_title("bf16 lattice hops per recorded step (vertical lines: freeze step)")
+    hops.legend(fontsize="small")
+    lr.set_ylabel("learning rate")
+    lr.set_xlabel("step")
+    lr.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_displacement(main: Analysis, compare: Sequence[Analysis], path: Path) -> Path:
+    """Untrained tokens' displacement per step and since the start, and their cloud's size."""
+    fig = Figure(figsize=(10, 9), layout="constrained")
+    per_step, total, cloud = fig.subplots(3, 1, sharex=True)
+    per_step_series: list[np.ndarray] = []
+    for i, run in enumerate((main, *compare)):
+        color = f"C{i}"
+        steps = run.series("step")
+        mean, top = (run.series(f"untrained_displacement_prev_{k}") for k in ("mean", "max"))
+        per_step.plot(steps, mean, "-", color=color, label=f"{run.label} mean")
+        per_step.plot(steps, top, "--", color=color, alpha=0.6, label=f"{run.label} max")
+        per_step_series += [mean, top]
+        total.plot(
+            steps,
+            run.series("untrained_displacement_first_mean"),
+            "-",
+            color=color,
+            label=f"{run.label} mean",
+        )
+        total.plot(
+            steps,
+            run.series("untrained_displacement_first_max"),
+            "--",
+            color=color,
+            alpha=0.6,
+            label=f"{run.label} max",
+        )
+        cloud.plot(
+            steps,
+            run.series("untrained_centroid_norm"),
+            "-",
+            color=color,
+            label=f"{run.label} centroid norm",
+        )
+        cloud.plot(
+            steps, run.series("untrained_radius"), "--", color=color, label=f"{run.label} radius"
+        )
+    _log_if_positive(per_step, *per_step_series)
+    per_step.set_ylabel("‖W_t − W_prev‖ per token")
+    per_step.set_title("untrained token displacement (float32 norms of bf16 rows)")
+    total.set_ylabel("‖W_t − W_first‖ per token")
+    cloud.set_ylabel("untrained cloud")
+    cloud.set_xlabel("step")
+    for ax in (per_step, total, cloud):
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def write_plots(
+    main: Analysis, compare: Sequence[Analysis], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Write ``hops.png`` and ``displacement.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_hops(main, compare, out / HOPS_PNG),
+        plot_displacement(main, compare, out / DISPLACEMENT_PNG),
+    ]
