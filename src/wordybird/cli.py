@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "export": "wordybird.export.cli:export",
     "inspect": "wordybird.export.cli:inspect",
     "analyze": "wordybird.analysis.cli:analyze",
+    "train": "wordybird.training.cli:train",
+    "continue": "wordybird.training.cli:continue_",
+    "masks": "wordybird.training.cli:masks",
 }
 
 

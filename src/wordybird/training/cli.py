@@ -1,0 +1,183 @@
+"""``wordybird train``, ``wordybird continue`` and ``wordybird masks``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from wordybird.errors import WordybirdError
+
+
+def _quiet_libraries() -> None:
+    # The Trainer's own chatter (config warnings, info logs) would bury the progress bar.
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by train and continue (defaults: the notebook's)."""
+    options = [
+        click.option(
+            "--corpus",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="UTF-8 text to train on (default: the Python stdlib's documentation).",
+        ),
+        click.option(
+            "--steps", type=int, default=100, show_default=True, help="Optimizer steps to run."
+        ),
+        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option("--seed", type=int, default=42, show_default=True),
+        click.option(
+            "--record-every",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Record every K-th step (plus the starting state).",
+        ),
+        click.option("--no-record", is_flag=True, help="Train without recording."),
+        click.option(
+            "--checkpoint-every",
+            type=int,
+            default=None,
+            help="Also write a checkpoint every K steps (one is always written at the end).",
+        ),
+        click.option(
+            "--compute-dtype",
+            type=click.Choice(["auto", "float32", "bfloat16"]),
+            default="auto",
+            show_default=True,
+            help="Forward/backward dtype; parameters stay bf16. auto: fp32 on CPU.",
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["default", "compact"]),
+            default="default",
+            show_default=True,
+            help="Recording layout (see the recorder's FORMAT.md).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        # model size, for quick experiments and tests; the defaults are Wordybird's
+        click.option("--n-embd", type=int, default=64, hidden=True),
+        click.option("--n-layer", type=int, default=2, hidden=True),
+        click.option("--n-head", type=int, default=2, hidden=True),
+        click.option("--n-positions", type=int, default=128, hidden=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(options: dict[str, Any], learning_rate: float = 1e-3):
+    from wordybird.training.experiments import TrainConfig
+    from wordybird.training.model import ModelConfig
+
+    return TrainConfig(
+        steps=options["steps"],
+        batch_size=options["batch_size"],
+        learning_rate=learning_rate,
+        seed=options["seed"],
+        record_every=None if options["no_record"] else options["record_every"],
+        checkpoint_every=options["checkpoint_every"],
+        compute_dtype=options["compute_dtype"],
+        mode=options["mode"],
+        corpus=str(options["corpus"]) if options["corpus"] is not None else None,
+        model=ModelConfig(
+            n_embd=options["n_embd"],
+            n_layer=options["n_layer"],
+            n_head=options["n_head"],
+            n_positions=options["n_positions"],
+        ),
+    )
+
+
+@click.command()
+@_run_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/wb1"),
+    show_default=True,
+    help="Run folder: recording, masks, checkpoints, summary.",
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option(
+    "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
+)
+def train(out: Path, lr: float, resume: bool, **options: Any) -> None:
+    """Train Wordybird from scratch, recording every step (default: WB1, 100 steps)."""
+    from wordybird.training import experiments
+
+    _quiet_libraries()
+    if resume:
+        if options["overwrite"]:
+            raise WordybirdError("--resume and --overwrite exclude each other")
+        result = experiments.resume(out)
+    else:
+        result = experiments.train(_config(options, lr), out, overwrite=options["overwrite"])
+    click.echo(experiments.format_summary(result))
+
+
+@click.command(name="continue")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@_run_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/wb3"), show_default=True)
+@click.option(
+    "--schedule",
+    type=click.Choice(["restart", "continue", "constant"]),
+    default="restart",
+    show_default=True,
+    help="restart: new linear decay over the new steps; continue: the saved "
+    "scheduler as it is; constant: hold the LR of the checkpoint's last step.",
+)
+@click.option(
+    "--fresh-optimizer",
+    is_flag=True,
+    help="Start Adam from zero instead of the checkpoint's state (as the notebook did).",
+)
+def continue_(
+    checkpoint: Path, out: Path, schedule: str, fresh_optimizer: bool, **options: Any
+) -> None:
+    """Continue training from CHECKPOINT (default: WB3, 100 more steps)."""
+    from wordybird.training import experiments
+
+    _quiet_libraries()
+    result = experiments.continue_training(
+        checkpoint,
+        out,
+        _config(options),
+        schedule=schedule,
+        fresh_optimizer=fresh_optimizer,
+        overwrite=options["overwrite"],
+    )
+    click.echo(experiments.format_summary(result))
+
+
+@click.command()
+@click.option(
+    "--corpus",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="UTF-8 text (default: the Python stdlib's documentation).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="The safetensors file to write."
+)
+def masks(corpus: Path | None, out: Path) -> None:
+    """Write the token masks: a token is "trained" when it occurs in the corpus."""
+    from wordybird.training.data import load_corpus, save_token_masks, token_masks, tokenize
+
+    text = load_corpus(corpus)
+    result = token_masks(tokenize(text))
+    save_token_masks(result, out)
+    n = int(result["trained_mask"].sum())
+    total = len(result["trained_mask"])
+    click.echo(
+        f"{out}: {n:,} trained ({100 * n / total:.1f}%), {total - n:,} untrained tokens "
+        f"(corpus sha256 {text.sha256[:16]}…)"
+    )

