@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +16,21 @@ from safetensors.torch import save_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.analysis.hops import analyze, freeze_step, learning_rates, load_masks
+from wordybird.analysis.hops import (
+    COLUMNS,
+    MASKS_FILENAME,
+    analyze,
+    freeze_step,
+    learning_rates,
+    load_masks,
+)
 from wordybird.analysis.lattice import (
     from_ordered_int,
     ordered_int,
     spacing_toward,
     ulp_distance,
 )
+from wordybird.analysis.report import explanation, format_report
 
 V, D = 40, 8
 UNTRAINED = torch.arange(0, 16)  # rows 0..15 never occur in the "corpus"
@@ -393,24 +405,41 @@ def test_learning_rate_from_metadata_follows_the_trainers_linear_decay(tmp_path:
 # -- an end-to-end run with a real bf16 Adam ----------------------------------------------------
 
 
-def test_a_real_bf16_adam_run_freezes_where_the_update_falls_below_the_lattice(
-    tmp_path: Path,
-) -> None:
-    """torch's Adam on a bf16 parameter under a linearly decaying LR: the untrained rows get
-    a small steady gradient (as through a tied output layer), so their Adam update is ~lr
-    and they stop hopping once lr drops below half their bf16 spacing."""
-    torch.manual_seed(0)
-    total, lr = 30, 4e-3
-    weight = torch.nn.Parameter((0.25 + 0.2 * torch.rand(V, D)).bfloat16())
+def adam_run(
+    path: Path,
+    *,
+    start: int = 0,
+    total: int = 30,
+    lr: float = 4e-3,
+    seed: int = 0,
+    initial: torch.Tensor | None = None,
+) -> Path:
+    """Record torch's Adam on a bf16 parameter under the Trainer's linear LR decay.
+
+    The untrained rows get a small steady gradient (as through a tied output layer), so
+    their Adam update is about lr: they stop hopping once lr drops below half their bf16
+    spacing. ``start``/``initial`` make a continuation with a fresh optimizer, like WB3.
+    Writes the masks beside the recording, as training does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if initial is None:
+        initial = (0.25 + 0.2 * torch.rand(V, D, generator=g)).bfloat16()
+    weight = torch.nn.Parameter(initial.clone())
     opt = torch.optim.Adam([weight], lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, (total - k) / total))
     zeros = torch.zeros(V, D, dtype=torch.bfloat16)
-    path = tmp_path / "run" / "recording.zarr"
-    metadata = {"starting_step": 0, "learning_rate": lr, "max_steps": total}
-    path.parent.mkdir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "starting_step": start,
+        "learning_rate": lr,
+        "max_steps": total,
+        "weight_decay": 0.0,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+    }
     with StreamingRecorder(path, metadata=metadata) as rec:
         rec.record(
-            0,
+            start,
             {
                 "embeddings": weight.detach(),
                 "momentum": zeros,
@@ -418,9 +447,9 @@ def test_a_real_bf16_adam_run_freezes_where_the_update_falls_below_the_lattice(
                 "learning_rates": torch.tensor(lr),
             },
         )
-        for step in range(1, total + 1):
-            grad = torch.randn(V, D)
-            grad[UNTRAINED] = 1e-3 * (1 + 0.1 * torch.randn(len(UNTRAINED), D))
+        for step in range(start + 1, start + total + 1):
+            grad = torch.randn(V, D, generator=g)
+            grad[UNTRAINED] = 1e-3 * (1 + 0.1 * torch.randn(len(UNTRAINED), D, generator=g))
             weight.grad = grad.bfloat16()
             used = opt.param_groups[0]["lr"]
             opt.step()
@@ -435,12 +464,182 @@ def test_a_real_bf16_adam_run_freezes_where_the_update_falls_below_the_lattice(
                     "learning_rates": torch.tensor(used),
                 },
             )
-    write_masks(path.parent / "token_masks.safetensors")
+    write_masks(path.parent / MASKS_FILENAME)
+    return path
+
+
+def test_a_real_bf16_adam_run_freezes_where_the_update_falls_below_the_lattice(
+    tmp_path: Path,
+) -> None:
+    total = 30
+    path = adam_run(tmp_path / "run" / "recording.zarr", total=total)
     with wordybird.open(path) as rec:
-        result = analyze(rec, load_masks(path.parent / "token_masks.safetensors", V))
+        result = analyze(rec, load_masks(path.parent / MASKS_FILENAME, V))
     s = result.summary
     assert s["freeze_step"] is not None and 1 < s["freeze_step"] < total
     assert s["predicted_freeze_step"] is not None
     assert abs(s["predicted_freeze_step"] - s["freeze_step"]) <= 2
     agreements = [r["untrained_prediction_agreement"] for r in result.records[1:]]
     assert min(agreements) > 0.9
+    assert "because the Adam update" in explanation(result)
+
+
+def test_learning_rate_fallback_matches_the_recorded_schedule(tmp_path: Path) -> None:
+    """Without the learning_rates field, the metadata's linear decay gives the same LRs."""
+    path = adam_run(tmp_path / "run" / "recording.zarr", total=12)
+    with wordybird.open(path) as rec:
+        recorded, _ = learning_rates(rec)
+        steps = rec.steps
+        fields = {f: [rec.read(f, i) for i in range(len(steps))] for f in ("embeddings",)}
+        metadata = rec.metadata
+    bare = write_recording(
+        tmp_path / "bare.zarr",
+        steps.tolist(),
+        [{"embeddings": e} for e in fields["embeddings"]],
+        {k: v for k, v in metadata.items() if k in ("starting_step", "learning_rate", "max_steps")},
+    )
+    with wordybird.open(bare) as rec:
+        derived, source = learning_rates(rec)
+    assert derived.tolist() == pytest.approx(recorded.tolist(), rel=1e-6)
+    assert source.startswith("metadata learning_rate=0.004")
+
+
+# -- outputs and the command ---------------------------------------------------------------
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wordybird.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def wb1_and_wb3(tmp_path: Path) -> tuple[Path, Path]:
+    """A run and its continuation from its last state with a fresh optimizer (as WB3 did)."""
+    wb1 = adam_run(tmp_path / "wb1" / "recording.zarr", total=20)
+    with wordybird.open(wb1) as rec:
+        last = rec["embeddings"][-1]
+    wb3 = adam_run(tmp_path / "wb3" / "recording.zarr", start=20, total=20, seed=1, initial=last)
+    return wb1, wb3
+
+
+def read_png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_analyze_command_writes_json_csv_plots_and_reports(tmp_path: Path) -> None:
+    wb1, wb3 = wb1_and_wb3(tmp_path)
+    result = run_cli("analyze", wb1, "--compare", wb3)
+    assert result.returncode == 0, result.stderr
+    out = wb1.parent / "analysis"
+    with wordybird.open(wb1) as rec:
+        expected = analyze(rec, load_masks(wb1.parent / MASKS_FILENAME, V))
+    frozen = expected.summary["freeze_step"]
+    assert frozen is not None
+    assert f"from then on): {frozen}" in result.stdout
+    assert "because the Adam update lr·m̂/(√v̂+ε) falls below half the bf16 spacing" in (
+        result.stdout
+    )
+    assert "compare wb3 (20..40)" in result.stdout
+
+    document = json.loads((out / "analysis.json").read_text())
+    assert document["records"] == expected.records
+    assert document["summary"]["freeze_step"] == frozen
+    assert document["summary"]["explanation"] == explanation(expected)
+    assert [c["summary"]["label"] for c in document["compare"]] == ["wb3"]
+    assert document["compare"][0]["records"][0]["step"] == 20
+
+    with (out / "analysis.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS
+    assert len(rows) == len(expected.records) == 21
+    for row, record in zip(rows, expected.records, strict=True):
+        for key in COLUMNS:
+            value = record[key]
+            assert row[key] == ("" if value is None else str(value))
+            if value is not None:
+                assert float(row[key]) == value
+
+    for name in ("hops.png", "displacement.png"):
+        width, height = read_png_size(out / name)
+        assert width > 500 and height > 500
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_analyze_command_options(tmp_path: Path) -> None:
+    wb1, _ = wb1_and_wb3(tmp_path)
+    masks = tmp_path / "elsewhere.safetensors"
+    (wb1.parent / MASKS_FILENAME).rename(masks)
+    result = run_cli(
+        "analyze", wb1, "--masks", masks, "--out", tmp_path / "o", "--threshold", "0.5"
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "o" / "analysis.json").read_text())
+    with wordybird.open(wb1) as rec:
+        loose = analyze(rec, load_masks(masks, V), threshold=0.5)
+        strict = analyze(rec, load_masks(masks, V))
+    assert document["summary"]["threshold"] == 0.5
+    assert document["summary"]["freeze_step"] == loose.summary["freeze_step"]
+    assert loose.summary["freeze_step"] < strict.summary["freeze_step"]
+    assert document["summary"]["masks"] == str(masks)
+    assert not (wb1.parent / "analysis").exists()
+
+
+def test_a_run_that_still_hops_is_reported_not_frozen(tmp_path: Path) -> None:
+    """A large LR keeps the last step's update above the lattice spacing."""
+    path = adam_run(tmp_path / "run" / "recording.zarr", total=10, lr=0.05)
+    with wordybird.open(path) as rec:
+        result = analyze(rec, load_masks(path.parent / MASKS_FILENAME, V))
+    assert result.summary["freeze_step"] is None
+    text = explanation(result)
+    assert text.startswith("not frozen: untrained coordinates still hop at the last step 10")
+    assert "predicted 100% vs observed 100%" in text
+    assert "freeze step (untrained hop fraction < 0.001 from then on): not frozen" in (
+        format_report(result)
+    )
+
+
+def test_analyze_command_errors(tmp_path: Path) -> None:
+    wb1, _ = wb1_and_wb3(tmp_path)
+    small = write_masks(tmp_path / "small.safetensors", vocab=V - 1)
+    no_embeddings = write_recording(
+        tmp_path / "losses.zarr", [0, 1], [{"losses": torch.tensor(1.0)}] * 2, {}
+    )
+    cases = [
+        (
+            (wb1, "--masks", small),
+            "untrained_mask has shape (39,), but the recording's embeddings have 40 rows",
+        ),
+        ((no_embeddings,), "has no 'embeddings' field (it has losses)"),
+        ((tmp_path / "nowhere.zarr",), "does not exist"),
+    ]
+    (wb1.parent / MASKS_FILENAME).unlink()
+    cases.append(((wb1,), f"token masks {wb1.parent / MASKS_FILENAME} not found; pass --masks"))
+    for args, message in cases:
+        result = run_cli("analyze", *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith("error: "), result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_analysis_of_a_store_equals_analysis_of_its_export(tmp_path: Path) -> None:
+    export = pytest.importorskip("wordybird.export")
+    wb1 = adam_run(tmp_path / "wb1" / "recording.zarr", total=15)
+    exported = export.export_safetensors(wb1, tmp_path / "wb1" / "recording.safetensors")
+    masks = load_masks(wb1.parent / MASKS_FILENAME, V)
+    results = []
+    for path in (wb1, exported):
+        with wordybird.open(path) as rec:
+            results.append(analyze(rec, masks))
+    store, file = results
+    assert file.summary["format"] == "safetensors"
+    assert store.records == file.records
+    skip = {"recording", "format"}
+    assert {k: v for k, v in store.summary.items() if k not in skip} == {
+        k: v for k, v in file.summary.items() if k not in skip
+    }

@@ -279,7 +279,9 @@ def analyze(
     first = prev = None
     positions: Iterator[int] = iter(range(len(steps)))
     if progress:
-        positions = tqdm(positions, total=len(steps), desc="analyze", unit="step", leave=False)
+        positions = tqdm(
+            positions, total=len(steps), desc="analyze", unit="step", leave=False, disable=None
+        )
     for position in positions:
         current = recording.read("embeddings", position)
         record: dict[str, Any] = dict.fromkeys(COLUMNS)

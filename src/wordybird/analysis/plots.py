@@ -21,10 +21,19 @@ HOPS_PNG = "hops.png"
 DISPLACEMENT_PNG = "displacement.png"
 
 
-def _log_if_positive(ax: Axes, *series: np.ndarray) -> None:
-    """Log scale when there is something positive to show (hop fractions reach 0 when frozen)."""
-    if any(np.any(np.nan_to_num(s) > 0) for s in series):
-        ax.set_yscale("log", nonpositive="mask")
+def _symlog(ax: Axes, *series: np.ndarray, floor: float = np.inf) -> None:
+    """Log scale above the smallest positive value, linear below it.
+
+    Hop fractions and per-step displacements fall to exactly 0 once frozen; a plain log
+    scale would hide the freeze itself, so zeros stay visible on a short linear stretch
+    (below the smallest positive value, or ``floor`` when that is lower). All the plotted
+    quantities are non-negative.
+    """
+    values = np.concatenate([s[np.isfinite(s)] for s in series])
+    positive = values[values > 0]
+    if positive.size:
+        ax.set_yscale("symlog", linthresh=float(min(positive.min(), floor)), linscale=0.5)
+    ax.set_ylim(bottom=0)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -41,9 +50,9 @@ def plot_hops(main: Analysis, compare: Sequence[Analysis], path: Path) -> Path:
     for i, run in enumerate((main, *compare)):
         color = f"C{i}"
         steps = run.series("step")
-        for group, style in (
-            (("untrained", "-"), ("trained", ":")) if i == 0 else (("untrained", "-"),)
-        ):
+        # the main run shows both groups; compared runs only the untrained one, to stay legible
+        groups = (("untrained", "-", "--"), ("trained", ":", "-."))[: 2 if i == 0 else 1]
+        for group, style, predicted_style in groups:
             observed = run.series(f"{group}_hop_fraction")
             predicted = run.series(f"predicted_{group}_hop_fraction")
             hops.plot(steps, observed, style, color=color, label=f"{run.label} {group}")
@@ -51,7 +60,7 @@ def plot_hops(main: Analysis, compare: Sequence[Analysis], path: Path) -> Path:
                 hops.plot(
                     steps,
                     predicted,
-                    "--",
+                    predicted_style,
                     color=color,
                     alpha=0.6,
                     label=f"{run.label} {group} predicted",
@@ -68,7 +77,7 @@ def plot_hops(main: Analysis, compare: Sequence[Analysis], path: Path) -> Path:
         linestyle="-.",
         label="freeze threshold",
     )
-    _log_if_positive(hops, *shown)
+    _symlog(hops, *shown, floor=main.summary["threshold"])
     hops.set_ylabel("fraction of coordinates that hopped")
     hops.set_title("bf16 lattice hops per recorded step (vertical lines: freeze step)")
     hops.legend(fontsize="small")
@@ -115,7 +124,7 @@ def plot_displacement(main: Analysis, compare: Sequence[Analysis], path: Path) -
         cloud.plot(
             steps, run.series("untrained_radius"), "--", color=color, label=f"{run.label} radius"
         )
-    _log_if_positive(per_step, *per_step_series)
+    _symlog(per_step, *per_step_series)
     per_step.set_ylabel("‖W_t − W_prev‖ per token")
     per_step.set_title("untrained token displacement (float32 norms of bf16 rows)")
     total.set_ylabel("‖W_t − W_first‖ per token")
