@@ -1,0 +1,341 @@
+"""wordybird.training: tokenizer, data, fp32-compute model, RecorderCallback, train/continue/resume.
+
+Tiny shapes throughout (GPT-2's vocabulary, 8-wide embeddings, 16-token windows, batch 2).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+import wordybird
+from wordybird.errors import WordybirdError
+from wordybird.training import experiments
+from wordybird.training.data import TokenDataset, read_corpus, token_masks, tokenize
+from wordybird.training.experiments import TrainConfig, continue_training, resume, train
+from wordybird.training.model import ModelConfig, build_model, compute_in
+from wordybird.training.tokenizer import load_tokenizer
+
+TINY = ModelConfig(n_embd=8, n_layer=1, n_head=1, n_positions=16)
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "the",
+    "of",
+    "and",
+    "cat",
+    "dog",
+    "runs",
+    "fast",
+    "slow",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "toy.txt"
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(WORDS), (1500,), generator=gen).tolist()
+    path.write_text(" ".join(WORDS[i] for i in picks), encoding="utf-8")
+    return path
+
+
+def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def config(corpus: Path, **changes: object) -> TrainConfig:
+    base = TrainConfig(steps=4, batch_size=2, corpus=str(corpus), model=TINY)
+    return TrainConfig(**{**base.__dict__, **changes})
+
+
+def test_tokenizer_is_gpt2_offline() -> None:
+    tokenizer = load_tokenizer()
+    assert len(tokenizer) == 50257
+    assert tokenizer.encode("Hello world") == [15496, 995]
+
+
+def test_masks_mark_exactly_the_corpus_tokens(corpus: Path) -> None:
+    tokens = tokenize(read_corpus(corpus))
+    masks = token_masks(tokens)
+    assert set(masks["trained_indices"].tolist()) == set(tokens.tolist())
+    assert masks["trained_mask"].dtype == torch.bool
+    assert masks["untrained_indices"].dtype == torch.int64
+    assert (masks["trained_mask"] ^ masks["untrained_mask"]).all()
+    assert len(masks["trained_indices"]) + len(masks["untrained_indices"]) == 50257
+
+
+def test_token_dataset_windows() -> None:
+    data = TokenDataset(torch.arange(20), seq_len=4)
+    assert len(data) == 16
+    item = data[3]
+    assert item["input_ids"].tolist() == [3, 4, 5, 6]
+    assert item["labels"].tolist() == [4, 5, 6, 7]
+    with pytest.raises(WordybirdError, match="fewer than one training window"):
+        TokenDataset(torch.arange(4), seq_len=4)
+
+
+def test_fp32_compute_keeps_bf16_params_tied_and_grads_bf16() -> None:
+    model = build_model(TINY, seed=0).eval()
+    reference = build_model(TINY, seed=0).float().eval()
+    compute_in(model, torch.float32)
+    ids = torch.randint(50257, (2, 16))
+    out = model(input_ids=ids, labels=ids)
+    ref = reference(input_ids=ids, labels=ids)
+    out.loss.backward()
+    ref.loss.backward()
+    wte = model.transformer.wte.weight
+    assert wte.dtype == torch.bfloat16 and wte.grad.dtype == torch.bfloat16
+    assert model.lm_head.weight is wte
+    assert out.logits.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref.loss)
+    torch.testing.assert_close(
+        wte.grad.float(), reference.transformer.wte.weight.grad, atol=1e-4, rtol=1e-2
+    )
+
+
+class _Capture(experiments.TrainerCallback):
+    """What the Trainer really holds: clipped grads before the step, state after it."""
+
+    def __init__(self) -> None:
+        self.clipped: dict[int, torch.Tensor] = {}
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.clipped[state.global_step + 1] = model.transformer.wte.weight.grad.clone()
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        p = model.transformer.wte.weight
+        self.after[state.global_step] = {
+            "embeddings": p.detach().clone(),
+            "momentum": optimizer.state[p]["exp_avg"].clone(),
+            "variance": optimizer.state[p]["exp_avg_sq"].clone(),
+        }
+
+
+def test_recorded_step_is_what_the_trainer_held(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture = _Capture()
+    original = experiments.WordybirdTrainer.__init__
+
+    def init_with_capture(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.add_callback(capture)
+
+    monkeypatch.setattr(experiments.WordybirdTrainer, "__init__", init_with_capture)
+    # a tiny clipping norm makes every step's clipping matter
+    result = train(config(corpus, steps=3, max_grad_norm=1e-3), tmp_path / "run")
+
+    with wordybird.open(tmp_path / "run" / "recording.zarr") as rec:
+        assert rec.steps.tolist() == [0, 1, 2, 3]
+        assert rec.metadata["starting_step"] == 0
+        assert torch.equal(rec["momentum"][0], torch.zeros(50257, 8, dtype=torch.bfloat16))
+        assert torch.isnan(rec["losses"][0].float())
+        for i, step in enumerate(rec.steps.tolist()[1:], start=1):
+            for name, held in capture.after[step].items():
+                assert torch.equal(rec[name][i], held), (name, step)
+            grads, norm = rec["grads"][i], rec["grad_norms"][i]
+            assert grads.dtype == torch.bfloat16 and norm.dtype == torch.float32
+            assert not torch.equal(grads, capture.clipped[step])  # recorded before clipping
+            coefficient = 1e-3 / (norm + 1e-6)
+            torch.testing.assert_close(
+                capture.clipped[step].float(), grads.float() * coefficient, atol=1e-6, rtol=2e-2
+            )
+            assert rec["learning_rates"][i].item() == pytest.approx(1e-3 * (4 - step) / 3)
+            assert rec["logits"][i].dtype == torch.bfloat16 and rec["logits"][i].shape == (50257,)
+            assert rec["losses"][i].float().item() > 0
+    assert result.summary["recorded_steps"] == 4
+    assert (tmp_path / "run" / "checkpoint-3" / "optimizer.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def wb1(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wb1") / "run"
+    train(config(corpus, steps=3), out)
+    return out
+
+
+def _embedding_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+    (entry,) = [s for s in state.values() if s["exp_avg"].shape == (50257, 8)]
+    return entry
+
+
+def test_continue_restores_adam_state(wb1: Path, corpus: Path, tmp_path: Path) -> None:
+    continue_training(wb1 / "checkpoint-3", tmp_path / "wb3", config(corpus, steps=2))
+    saved = _embedding_state(wb1 / "checkpoint-3")
+    with (
+        wordybird.open(tmp_path / "wb3" / "recording.zarr") as rec,
+        wordybird.open(wb1 / "recording.zarr") as before,
+    ):
+        assert rec.steps.tolist() == [3, 4, 5]
+        assert rec.metadata["starting_step"] == 3
+        assert torch.equal(rec["momentum"][0], saved["exp_avg"])
+        assert torch.equal(rec["variance"][0], saved["exp_avg_sq"])
+        assert torch.equal(rec["momentum"][0], before["momentum"][-1])
+        assert torch.equal(rec["embeddings"][0], before["embeddings"][-1])
+        # restart: a new linear decay from the base LR over the two new steps
+        assert rec["learning_rates"][1:].tolist() == pytest.approx([1e-3, 5e-4])
+    assert (tmp_path / "wb3" / "checkpoint-5").is_dir()
+
+
+def test_continue_fresh_optimizer_starts_adam_at_zero(
+    wb1: Path, corpus: Path, tmp_path: Path
+) -> None:
+    continue_training(
+        wb1 / "checkpoint-3", tmp_path / "wb3", config(corpus, steps=1), fresh_optimizer=True
+    )
+    with wordybird.open(tmp_path / "wb3" / "recording.zarr") as rec:
+        assert not rec["momentum"][0].any() and not rec["variance"][0].any()
+        # Adam's first step from zero: exp_avg_sq = (1 - beta2) * grad^2, nothing older
+        assert rec["variance"][1].any()
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("constant", 1e-3 / 3), ("continue", 0.0)])
+def test_continue_schedules(
+    wb1: Path, corpus: Path, tmp_path: Path, schedule: str, expected: float
+) -> None:
+    expect_warning = schedule == "continue"
+    with pytest.warns(UserWarning, match="stays 0") if expect_warning else nullcontext():
+        continue_training(
+            wb1 / "checkpoint-3", tmp_path / "wb3", config(corpus, steps=2), schedule=schedule
+        )
+    with wordybird.open(tmp_path / "wb3" / "recording.zarr") as rec:
+        assert rec["learning_rates"][1:].tolist() == pytest.approx([expected, expected])
+
+
+def test_interrupt_then_resume_equals_uninterrupted_run(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(corpus, steps=5)
+    train(cfg, tmp_path / "whole")
+
+    original = experiments._RunControl.on_step_end
+
+    def interrupt_at_3(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C would
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(experiments._RunControl, "on_step_end", interrupt_at_3)
+    with pytest.raises(WordybirdError, match=r"interrupted after step 3.*checkpoint-3"):
+        train(cfg, tmp_path / "cut")
+    with wordybird.open(tmp_path / "cut" / "recording.zarr") as rec:
+        assert rec.steps.tolist() == [0, 1, 2, 3]
+    monkeypatch.undo()
+
+    resume(tmp_path / "cut")
+    with (
+        wordybird.open(tmp_path / "cut" / "recording.zarr") as got,
+        wordybird.open(tmp_path / "whole" / "recording.zarr") as want,
+    ):
+        assert got.steps.tolist() == want.steps.tolist() == [0, 1, 2, 3, 4, 5]
+        for name in want.fields:
+            assert_same_bits(got[name][0:6], want[name][0:6])
+
+
+def test_resume_cuts_back_steps_recorded_after_the_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """A crash after checkpoint 2 but with steps 3-4 committed: resume re-runs them."""
+    import shutil
+
+    cfg = config(corpus, steps=4, checkpoint_every=2)
+    train(cfg, tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "crashed")
+    shutil.rmtree(tmp_path / "crashed" / "checkpoint-4")
+    resume(tmp_path / "crashed")
+    with (
+        wordybird.open(tmp_path / "crashed" / "recording.zarr") as got,
+        wordybird.open(tmp_path / "whole" / "recording.zarr") as want,
+    ):
+        assert got.steps.tolist() == [0, 1, 2, 3, 4]
+        for name in want.fields:
+            assert_same_bits(got[name][0:5], want[name][0:5])
+
+
+def test_record_every_and_no_record(corpus: Path, tmp_path: Path) -> None:
+    train(config(corpus, steps=4, record_every=2), tmp_path / "sparse")
+    with wordybird.open(tmp_path / "sparse" / "recording.zarr") as rec:
+        assert rec.steps.tolist() == [0, 2, 4]
+    result = train(config(corpus, steps=2, record_every=None), tmp_path / "none")
+    assert not (tmp_path / "none" / "recording.zarr").exists()
+    assert (tmp_path / "none" / "checkpoint-2").is_dir()
+    assert math.isfinite(result.summary["loss_last"]["loss"])
+
+
+def test_recorder_callback_drops_into_a_plain_trainer(corpus: Path, tmp_path: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    from wordybird import RecorderCallback, StreamingRecorder
+
+    model = build_model(TINY, seed=1, param_dtype=torch.float32)
+    data = TokenDataset(tokenize(read_corpus(corpus)), 16)
+    recorder = StreamingRecorder(tmp_path / "rec.zarr")
+    callback = RecorderCallback(recorder, parameter=lambda m: m.transformer.wpe.weight)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    with wordybird.open(tmp_path / "rec.zarr") as rec:
+        assert rec.steps.tolist() == [0, 1, 2]
+        assert rec["embeddings"].shape == (3, 16, 8)
+        assert rec["embeddings"].dtype == torch.float32
+        assert torch.equal(rec["embeddings"][-1], model.transformer.wpe.weight.detach())
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\x00\x01\x02binary", "looks binary"),
+        (b"caf\xe9 latin-1", "not UTF-8"),
+        (b"too short", "fewer than one training window"),
+    ],
+)
+def test_bad_corpus(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(WordybirdError, match=message):
+        train(config(path), tmp_path / "run")
+    assert not (tmp_path / "run" / "recording.zarr").exists()
+
+
+def test_bad_steps_and_existing_output(wb1: Path, corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(WordybirdError, match="steps must be positive"):
+        train(config(corpus, steps=0), tmp_path / "run")
+    steps_before = wordybird.open(wb1 / "recording.zarr").steps.tolist()
+    with pytest.raises(WordybirdError, match="already holds a run"):
+        train(config(corpus), wb1)
+    assert wordybird.open(wb1 / "recording.zarr").steps.tolist() == steps_before
+
+
+def test_bad_checkpoints(wb1: Path, corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    with pytest.raises(WordybirdError, match="does not exist"):
+        continue_training(tmp_path / "nowhere", tmp_path / "a", config(corpus))
+    weights_only = tmp_path / "checkpoint-3"
+    shutil.copytree(wb1 / "checkpoint-3", weights_only)
+    (weights_only / "optimizer.pt").unlink()
+    with pytest.raises(WordybirdError, match="no optimizer state.*--fresh-optimizer"):
+        continue_training(weights_only, tmp_path / "b", config(corpus))
+    continue_training(weights_only, tmp_path / "c", config(corpus, steps=1), fresh_optimizer=True)
+    with pytest.raises(WordybirdError, match="holds no run"):
+        resume(tmp_path / "empty")
