@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from wordybird.analysis.lattice import spacing_toward, ulp_distance
+from wordybird.analysis.lattice import ordered_int, spacing_toward
 from wordybird.errors import WordybirdError
 from wordybird.recorder.reader import Recording
 
@@ -49,8 +49,8 @@ _GROUP_STATS: tuple[str, ...] = (
     "prediction_agreement",
     "hop_ulps_mean",
     "hop_ulps_max",
-    "update_median",
-    "half_spacing_median",
+    "update_mean",
+    "update_ratio_median",
     "displacement_prev_max",
     "displacement_prev_mean",
     "displacement_prev_median",
@@ -87,9 +87,6 @@ class TokenMasks:
     path: Path
     untrained: torch.Tensor
     trained: torch.Tensor
-
-    def groups(self) -> dict[str, torch.Tensor]:
-        return {"untrained": self.untrained, "trained": self.trained}
 
 
 def default_masks_path(recording_path: str | os.PathLike[str]) -> Path:
@@ -150,11 +147,18 @@ class AdamSettings:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> AdamSettings:
+        """Top-level entries (the notebook's scalars) first, then ``hyperparameters``."""
+        nested = metadata.get("hyperparameters")
+        nested = nested if isinstance(nested, dict) else {}
+
+        def value(key: str, default: float) -> float:
+            return float(metadata.get(key, nested.get(key, default)))
+
         return cls(
-            beta1=float(metadata.get("adam_beta1", DEFAULT_BETA1)),
-            beta2=float(metadata.get("adam_beta2", DEFAULT_BETA2)),
-            epsilon=float(metadata.get("adam_epsilon", DEFAULT_EPSILON)),
-            weight_decay=float(metadata.get("weight_decay", 0.0)),
+            beta1=value("adam_beta1", DEFAULT_BETA1),
+            beta2=value("adam_beta2", DEFAULT_BETA2),
+            epsilon=value("adam_epsilon", DEFAULT_EPSILON),
+            weight_decay=value("weight_decay", 0.0),
         )
 
 
@@ -198,20 +202,32 @@ def learning_rates(recording: Recording) -> tuple[np.ndarray | None, str]:
 def optimizer_steps(recording: Recording) -> tuple[np.ndarray, str]:
     """Adam's step count t after each recorded step, for the bias corrections.
 
-    The recorded momentum/variance are the state *after* the step, so t = the number of
-    optimizer steps taken: ``step - starting_step`` for a run whose optimizer started fresh
-    at ``starting_step`` (the notebook's continuation did: ``from_pretrained`` restores
-    weights only). A run that restored Adam's state continues its count; it says so with
-    the metadata entry ``optimizer_step_offset`` (the steps its state had already taken).
+    The recorded momentum/variance are the state *after* the step, so t is the number of
+    optimizer steps the state has taken. In order of precedence:
+
+    - metadata ``optimizer_step_offset`` (the steps a restored state had already taken):
+      ``t = step - starting_step + offset``;
+    - a ``wordybird continue`` run that kept the checkpoint's Adam state (metadata
+      ``run.continued_from`` set, ``run.fresh_optimizer`` false): its step numbers continue
+      the original run's, whose optimizer started at step 0, so ``t = step``;
+    - otherwise the optimizer started fresh at ``starting_step`` (a fresh run, or the
+      notebook's continuation, whose ``from_pretrained`` restored weights only):
+      ``t = step - starting_step``.
     """
     metadata = recording.metadata
     steps = recording.steps
     start = int(metadata.get("starting_step", steps[0] if len(steps) else 0))
-    offset = int(metadata.get("optimizer_step_offset", 0))
-    rule = f"t = step - starting_step ({start})" + (
-        f" + optimizer_step_offset ({offset})" if offset else ""
-    )
-    return steps - start + offset, rule
+    run = metadata.get("run") if isinstance(metadata.get("run"), dict) else {}
+    if "optimizer_step_offset" in metadata:
+        offset = int(metadata["optimizer_step_offset"])
+        rule = f"t = step - starting_step ({start}) + optimizer_step_offset ({offset})"
+        return steps - start + offset, rule
+    if run.get("continued_from") and run.get("fresh_optimizer") is False:
+        return steps.copy(), (
+            f"t = step (Adam's state was restored from {run['continued_from']}, so its count "
+            "continues the original run's)"
+        )
+    return steps - start, f"t = step - starting_step ({start})"
 
 
 def freeze_step(steps: np.ndarray, fractions: list[float | None], threshold: float) -> int | None:
@@ -267,7 +283,6 @@ def analyze(
         raise WordybirdError(
             f"{recording.path} has {len(steps)} recorded step(s); hops need at least two"
         )
-    groups = masks.groups()
     lrs, lr_source = learning_rates(recording)
     t_steps, t_rule = optimizer_steps(recording)
     adam = AdamSettings.from_metadata(recording.metadata)
@@ -275,40 +290,57 @@ def analyze(
     can_predict = lrs is not None and not missing_state
     predicts = 0
 
+    # The rows of interest, grouped (untrained, then trained), so that every elementwise
+    # pass runs once per step over one matrix and each group is a slice of it, not a copy.
+    order = torch.cat([masks.untrained, masks.trained])
+    n_untrained = int(masks.untrained.numel())
+    spans = {"untrained": slice(0, n_untrained), "trained": slice(n_untrained, len(order))}
+
+    def rows(name: str, position: int) -> torch.Tensor:
+        return recording.read(name, position)[order]
+
     records: list[dict[str, Any]] = []
-    first = prev = None
+    first: _State | None = None
+    prev: _State | None = None
     positions: Iterator[int] = iter(range(len(steps)))
     if progress:
         positions = tqdm(
             positions, total=len(steps), desc="analyze", unit="step", leave=False, disable=None
         )
     for position in positions:
-        current = recording.read("embeddings", position)
+        current = _State.of(rows("embeddings", position))
         record: dict[str, Any] = dict.fromkeys(COLUMNS)
         record["step"] = int(steps[position])
         record["optimizer_step"] = int(t_steps[position])
         record["learning_rate"] = None if lrs is None else float(lrs[position])
-        if first is None:
+        if first is None or prev is None:
             first = current
         else:
-            assert prev is not None
-            delta = None
+            ulps = (current.ordered - prev.ordered).abs()
+            prediction = None
             if can_predict and steps[position] - steps[position - 1] == 1 and t_steps[position] > 0:
-                delta = _update(
-                    recording, position, prev, float(lrs[position]), adam, int(t_steps[position])
+                change = _update(
+                    rows("momentum", position),
+                    rows("variance", position),
+                    prev.wide,
+                    float(lrs[position]),
+                    adam,
+                    int(t_steps[position]),
                 )
+                prediction = (change.abs(), spacing_toward(prev.values, change) / 2)
                 predicts += 1
-            for group, rows in groups.items():
+            for group, span in spans.items():
                 record.update(
                     _group_stats(
                         group,
-                        prev[rows],
-                        current[rows],
-                        first[rows],
-                        None if delta is None else delta[rows],
+                        ulps[span],
+                        current.wide[span],
+                        prev.wide[span],
+                        first.wide[span],
+                        None if prediction is None else (prediction[0][span], prediction[1][span]),
                     )
                 )
-        record.update(_cloud(current[groups["untrained"]]))
+        record.update(_cloud(current.wide[spans["untrained"]]))
         records.append(record)
         prev = current
 
@@ -370,54 +402,70 @@ def embeddings_shape(recording: Recording) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _update(
-    recording: Recording,
-    position: int,
-    previous: torch.Tensor,
-    lr: float,
-    adam: AdamSettings,
-    t: int,
-) -> torch.Tensor:
-    """The change the optimizer step at ``position`` applies to the previous weights (float64).
+@dataclass(frozen=True)
+class _State:
+    """One step's embedding rows, in the forms the statistics reuse across two steps."""
 
-    AdamW: ``w <- w - lr·wd·w - lr·m̂/(√v̂+ε)``, with the after-step moments of this step.
+    values: torch.Tensor  # bf16, as recorded
+    ordered: torch.Tensor  # int32 lattice positions
+    wide: torch.Tensor  # float32 (exact: every bf16 value is a float32 value)
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> _State:
+        return cls(values, ordered_int(values), values.float())
+
+
+def _update(
+    m: torch.Tensor, v: torch.Tensor, previous: torch.Tensor, lr: float, adam: AdamSettings, t: int
+) -> torch.Tensor:
+    """The change an AdamW step makes to the previous weights, in float32.
+
+    ``w <- w - lr·wd·w - lr·m̂/(√v̂+ε)`` with this step's after-step moments ``m``, ``v``
+    (bf16, widened exactly). float32 is ample: only updates within ~1e-7 relative of half
+    a spacing could be classified differently than in exact arithmetic.
     """
-    m = recording.read("momentum", position).to(torch.float64)
-    v = recording.read("variance", position).to(torch.float64)
-    m_hat = m / (1.0 - adam.beta1**t)
-    v_hat = v / (1.0 - adam.beta2**t)
-    change = -lr * m_hat / (v_hat.sqrt() + adam.epsilon)
+    m_hat = m.float() / (1.0 - adam.beta1**t)
+    v_hat = v.float() / (1.0 - adam.beta2**t)
+    change = m_hat.div_(v_hat.sqrt_().add_(adam.epsilon)).mul_(-lr)
     if adam.weight_decay > 0:
-        change -= lr * adam.weight_decay * previous.to(torch.float64)
+        change -= lr * adam.weight_decay * previous
     return change
 
 
 def _group_stats(
     group: str,
-    prev: torch.Tensor,
+    ulps: torch.Tensor,
     current: torch.Tensor,
+    prev: torch.Tensor,
     first: torch.Tensor,
-    delta: torch.Tensor | None,
+    prediction: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> dict[str, float | None]:
-    """One token group's statistics for one step (``delta``: the predicted change, if any)."""
-    ulps = ulp_distance(prev, current)
+    """One token group's statistics for one step.
+
+    ``ulps``: each coordinate's hop in ULPs since the previous step; ``current``/``prev``/
+    ``first``: float32 rows; ``prediction``: the update's magnitude and half the bf16
+    spacing in its direction, per coordinate, when the step could be predicted.
+    """
+    n = ulps.numel()
+    if not n:
+        return {}
     hopped = ulps != 0
-    n_hopped = int(hopped.sum())
+    n_hopped = int(hopped.count_nonzero())
     stats: dict[str, float | None] = {
-        "hop_fraction": n_hopped / hopped.numel() if hopped.numel() else None,
-        "hop_ulps_mean": float(ulps[hopped].to(torch.float64).mean()) if n_hopped else None,
+        "hop_fraction": n_hopped / n,
+        # non-hopping coordinates add 0 ULPs, so the sum over all is the sum over the hops
+        "hop_ulps_mean": int(ulps.sum(dtype=torch.int64)) / n_hopped if n_hopped else None,
         "hop_ulps_max": int(ulps.max()) if n_hopped else None,
     }
-    current32 = current.float()
-    stats.update(_norm_stats("displacement_prev", current32 - prev.float()))
-    stats.update(_norm_stats("displacement_first", current32 - first.float()))
-    if delta is not None and delta.numel():
-        half = spacing_toward(prev, delta) / 2
-        predicted = delta.abs() > half
-        stats["predicted_hop_fraction"] = float(predicted.to(torch.float64).mean())
-        stats["prediction_agreement"] = float((predicted == hopped).to(torch.float64).mean())
-        stats["update_median"] = float(delta.abs().median())
-        stats["half_spacing_median"] = float(half.median())
+    stats.update(_norm_stats("displacement_prev", current - prev))
+    stats.update(_norm_stats("displacement_first", current - first))
+    if prediction is not None:
+        magnitude, half = prediction
+        predicted = magnitude > half
+        stats["predicted_hop_fraction"] = int(predicted.count_nonzero()) / n
+        stats["prediction_agreement"] = int((predicted == hopped).count_nonzero()) / n
+        stats["update_mean"] = float(magnitude.sum(dtype=torch.float64)) / n
+        stats["update_ratio_median"] = float((magnitude / half).median())
     return {column(group, k): _finite(v) for k, v in stats.items()}
 
 

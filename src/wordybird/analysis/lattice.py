@@ -31,8 +31,9 @@ def ordered_int(x: torch.Tensor) -> torch.Tensor:
     """Each bf16 value's position on the lattice (int32; ``+0`` and ``-0`` are both 0)."""
     _check_bf16(x)
     bits = x.view(torch.int16).to(torch.int32)  # sign-extended: negative iff the sign bit is set
-    magnitude = bits & _MAGNITUDE
-    return torch.where(bits < 0, -magnitude, magnitude)
+    sign = bits >> 15  # -1 where negative, else 0
+    # two's-complement negation of the magnitude where negative, without a branch
+    return ((bits & _MAGNITUDE) ^ sign) - sign
 
 
 def from_ordered_int(ordered: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def spacing_toward(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """The gap (float64) from each bf16 value to its neighbour in the sign of ``direction``.
+    """The gap (float32, exact) from each bf16 value to its neighbour in the sign of ``direction``.
 
     This is the bf16 spacing (one ULP) that an update moving ``x`` that way must cover at
     least half of to change the rounded value. It is direction-dependent at powers of two,
@@ -61,4 +62,5 @@ def spacing_toward(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     _check_bf16(x)
     step = torch.where(direction < 0, -1, 1).to(torch.int32)
     neighbour = from_ordered_int(ordered_int(x) + step)
-    return (neighbour.to(torch.float64) - x.to(torch.float64)).abs()
+    # adjacent bf16 values differ by a power of two >= 2^-133: exact in float32
+    return (neighbour.float() - x.float()).abs()

@@ -41,8 +41,8 @@ def explanation(analysis: Analysis) -> str:
     observed = rec["untrained_hop_fraction"]
     predicted = rec["predicted_untrained_hop_fraction"]
     sizes = (
-        f"median untrained |u| {_num(rec['untrained_update_median'])} against a median half "
-        f"spacing of {_num(rec['untrained_half_spacing_median'])}, lr {_num(rec['learning_rate'])}"
+        f"lr {_num(rec['learning_rate'])}, the median untrained |u| is "
+        f"{_num(rec['untrained_update_ratio_median'])}× half the bf16 spacing"
     )
     compared = (
         f"predicted {_pct(predicted)} vs observed {_pct(observed)} of untrained coordinates "
