@@ -28,6 +28,8 @@ MATRIX_FIELDS = ("embeddings", "grads", "momentum", "variance")
 REAL_NPZ_DIR = Path("/tmp/real")
 #: The notebook's in-RAM scheme at its shapes, 101 steps (measured, /work/shared/NOTES.md).
 NOTEBOOK_PEAK_RSS_GROWTH = 7.7e9
+#: Steps trained for real tensors when none are at hand (about a minute or two on 2 cores).
+FRESH_RUN_STEPS = 30
 
 Step = dict[str, torch.Tensor]
 
@@ -66,26 +68,28 @@ class TensorSource:
     label: str
     count: int
     load: Callable[[int], Step]
-    real: bool = True
 
     def __iter__(self) -> Iterator[Step]:
         return (self.load(i) for i in range(self.count))
 
 
-def tensor_source(recording: Path | None, max_steps: int) -> TensorSource:
-    """The best available real tensors, or a clearly labelled synthetic walk.
+def _recording_source(path: Path, max_steps: int, label: str) -> TensorSource:
+    rec = wordybird.open(path)
+    count = min(len(rec), max_steps)
+    return TensorSource(
+        f"{count} steps of {label}", count, lambda i: {f: rec[f][i] for f in rec.fields}
+    )
 
-    In order: the recording given on the command line, the steps saved in ``/tmp/real``,
-    and else a synthetic random walk (``real`` is False: ratios from it are not real).
+
+def tensor_source(recording: Path | None, max_steps: int, workdir: Path) -> TensorSource:
+    """The real tensors to measure compression on, from the best source available.
+
+    In order: the recording given on the command line; the steps of a real run saved in
+    ``/tmp/real``; else a short run of ``wordybird.training`` at the notebook's config
+    (its first ``FRESH_RUN_STEPS`` steps), trained into ``workdir`` now.
     """
     if recording is not None:
-        rec = wordybird.open(recording)
-        count = min(len(rec), max_steps)
-        return TensorSource(
-            f"{count} steps of recording {recording}",
-            count,
-            lambda i: {field: rec[field][i] for field in rec.fields},
-        )
+        return _recording_source(recording, max_steps, f"recording {recording}")
     files = sorted(REAL_NPZ_DIR.glob("step*.npz"))[:max_steps]
     if files:
 
@@ -94,13 +98,13 @@ def tensor_source(recording: Path | None, max_steps: int) -> TensorSource:
                 return {k: torch.from_numpy(data[k]).view(torch.bfloat16) for k in data.files}
 
         return TensorSource(f"{len(files)} real steps from {REAL_NPZ_DIR}", len(files), load_npz)
-    steps = synthetic_walk(min(max_steps, 30))
-    return TensorSource(
-        f"SYNTHETIC random walk, {len(steps)} steps (no real tensors found: ratios are "
-        "not those of training; pass --recording PATH)",
-        len(steps),
-        steps.__getitem__,
-        real=False,
+    from wordybird.training import experiments
+
+    steps = min(max_steps, FRESH_RUN_STEPS)
+    print(f"no real tensors at hand: training {steps} steps at the notebook's config first")
+    run = experiments.train(experiments.TrainConfig(steps=steps), workdir / "fresh-run")
+    return _recording_source(
+        run.out / experiments.RECORDING, max_steps, f"a fresh {steps}-step training run"
     )
 
 

@@ -229,8 +229,6 @@ def bench_ratio(workdir: Path, source: TensorSource) -> None:
     for mode in MODES:
         ok = "meets" if overall[mode] >= RATIO_GOALS[mode] else "MISSES"
         print(f"{mode}: {overall[mode]:.2f}× {ok} the {RATIO_GOALS[mode]}× goal")
-    if not source.real:
-        print("(SYNTHETIC tensors: these ratios say nothing about real training data)")
 
 
 # -- 4. reading one step -------------------------------------------------------------------
@@ -293,7 +291,7 @@ def main() -> None:
         gc.collect()
         runs = [("default", rss_steps[0]), ("default", rss_steps[1]), ("compact", rss_steps[0])]
         bench_rss(workdir, runs, disk_per_step)
-        bench_ratio(workdir, tensor_source(args.recording, 10 if args.quick else 100))
+        bench_ratio(workdir, tensor_source(args.recording, 10 if args.quick else 100, workdir))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,20 @@ Run: ``python benchmarks/codecs.py [--recording PATH] [--steps N]``.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 
-from _common import MATRIX_FIELDS, bits_of, chunks_as_stored, tensor_source, time_compress
+from _common import (
+    MATRIX_FIELDS,
+    TensorSource,
+    bits_of,
+    chunks_as_stored,
+    tensor_source,
+    time_compress,
+)
 
 #: Candidates: every one is a core Zarr v3 codec (``blosc`` or ``zstd``), which any Zarr
 #: reader, TensorStore included, decodes.
@@ -43,13 +51,9 @@ def measured_positions(count: int, steps: int) -> list[int]:
     return sorted({max(1, round((i + 1) * count / steps) - 1) for i in range(steps)})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recording", type=Path, help="a recording to take the steps from")
-    parser.add_argument("--steps", type=int, default=3, help="steps measured (default 3)")
-    args = parser.parse_args()
-    source = tensor_source(args.recording, max_steps=10**9)
-    positions = measured_positions(source.count, args.steps)
+def measure(source: TensorSource, steps: int) -> None:
+    """Print the ratio/speed tables for ``steps`` positions of ``source``."""
+    positions = measured_positions(source.count, steps)
     print(f"tensors: {source.label}; positions {positions} (XOR with the position before)")
     inputs: dict[tuple[str, str], list[np.ndarray]] = {}
     for position in positions:
@@ -76,8 +80,15 @@ def main() -> None:
                 packed += nbytes / ratio
                 seconds += nbytes / speed
             print(f"{name:20s}{cells}{raw / packed:9.2f}×{raw / seconds / 1e6:7.0f}")
-    if not source.real:
-        print("\n(SYNTHETIC tensors: these ratios say nothing about real training data)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recording", type=Path, help="a recording to take the steps from")
+    parser.add_argument("--steps", type=int, default=3, help="steps measured (default 3)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="codecs-") as tmp:
+        measure(tensor_source(args.recording, 10**9, Path(tmp)), args.steps)
 
 
 if __name__ == "__main__":
