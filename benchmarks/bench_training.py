@@ -27,23 +27,29 @@ from wordybird.training.experiments import TrainConfig, train
 from wordybird.training.model import ModelConfig, build_model, compute_in
 
 
-def seconds_per_step(param_dtype: torch.dtype, batch: int, steps: int) -> float:
-    """Median wall time of one full optimizer step after one warm-up step."""
+def step_times(batch: int, steps: int) -> dict[torch.dtype, float]:
+    """Median wall time of one full optimizer step, per parameter dtype.
+
+    The two models take turns step by step, so load from other processes on a shared
+    machine hits both alike; the first (warm-up) step of each is dropped.
+    """
     config = ModelConfig()
-    model = build_model(config, seed=42, param_dtype=param_dtype)
-    compute_in(model, torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     ids = torch.randint(config.vocab_size, (batch, config.n_positions + 1))
-    times = []
+    runs = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        model = compute_in(build_model(config, seed=42, param_dtype=dtype), torch.float32)
+        runs[dtype] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0))
+    times: dict[torch.dtype, list[float]] = {dtype: [] for dtype in runs}
     for _ in range(steps + 1):
-        start = time.perf_counter()
-        loss = model(input_ids=ids[:, :-1], labels=ids[:, 1:]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        for dtype, (model, optimizer) in runs.items():
+            start = time.perf_counter()
+            loss = model(input_ids=ids[:, :-1], labels=ids[:, 1:]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            times[dtype].append(time.perf_counter() - start)
+    return {dtype: statistics.median(t[1:]) for dtype, t in times.items()}
 
 
 def main() -> None:
@@ -54,8 +60,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     print(f"== one optimizer step, batch {args.batch_size} x 128 (median of {args.steps})")
-    bf16 = seconds_per_step(torch.bfloat16, args.batch_size, args.steps)
-    fp32 = seconds_per_step(torch.float32, args.batch_size, args.steps)
+    times = step_times(args.batch_size, args.steps)
+    bf16, fp32 = times[torch.bfloat16], times[torch.float32]
     print(f"  bf16 params, fp32 compute: {bf16:.3f} s/step")
     print(f"  fp32 params:               {fp32:.3f} s/step")
     print(f"  ratio bf16/fp32:           {bf16 / fp32:.2f}x  (goal <= 1.30x)")
