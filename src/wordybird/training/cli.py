@@ -107,7 +107,10 @@ def _config(options: dict[str, Any], learning_rate: float = 1e-3):
 )
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option(
-    "--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."
+    "--resume",
+    is_flag=True,
+    help="Continue the interrupted run in --out from its last checkpoint (its settings "
+    "come from the run's run.json; other options are ignored).",
 )
 def train(out: Path, lr: float, resume: bool, **options: Any) -> None:
     """Train Wordybird from scratch, recording every step (default: WB1, 100 steps)."""
