@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 
 import click
+
+#: glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def _keep_memory_flat() -> None:
+    """Make the reader threads share one malloc arena (glibc; no-op elsewhere).
+
+    Each thread that decodes the store (ours, zarr's event loop and codec workers) gets its
+    own glibc arena, and the multi-megabyte per-step buffers freed there stay resident:
+    ~60-90 MB more at the notebook's shapes. One arena reuses the same memory for every
+    step, at no measurable speed cost (a fixed mmap threshold, the other cure, halved the
+    read rate with page faults). The setting is process-wide, so only the CLI, which owns
+    its process, makes it; ``export_safetensors`` leaves a caller's allocator alone.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_ARENA_MAX, 1)
 
 
 @click.command()
@@ -37,9 +58,8 @@ def export(
 
     from wordybird.export.writer import export_safetensors
 
-    with tqdm(
-        unit="B", unit_scale=True, unit_divisor=1024, disable=quiet, desc=out.name, leave=False
-    ) as bar:
+    _keep_memory_flat()
+    with tqdm(unit="B", unit_scale=True, disable=quiet, desc=out.name, leave=False, delay=1) as bar:
         path = export_safetensors(
             recording, out, steps=steps, fields=fields, overwrite=overwrite, progress=bar.update
         )
