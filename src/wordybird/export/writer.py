@@ -40,7 +40,7 @@ from wordybird.recorder.reader import Recording, open_recording
 #: many bytes (one step of a large field; all steps of a small one, in one store read).
 BLOCK_BYTES = 8 << 20
 #: Blocks decoded ahead of the writer: enough to keep the disk busy, few enough for memory.
-READ_AHEAD = 3
+READ_AHEAD = 2
 #: Permissions of the exported file (before the umask of whoever reads it: it is data).
 FILE_MODE = 0o644
 
