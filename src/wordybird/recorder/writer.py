@@ -139,7 +139,7 @@ class StreamingRecorder:
         try:
             snapshot.step = step
             for name, value in values.items():
-                snapshot.buffers[name].copy_(value, non_blocking=value.is_cuda)
+                _copy_into(snapshot.buffers[name], value)
             if any(v.is_cuda for v in values.values()):
                 snapshot.ready = torch.cuda.Event()
                 snapshot.ready.record()
@@ -288,6 +288,20 @@ class StreamingRecorder:
         raise WordybirdError(
             f"the background writer for {self.path} failed: {error!r}; {last}"
         ) from error
+
+
+def _copy_into(buffer: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy one field's value into its snapshot buffer.
+
+    A CPU tensor is copied by numpy (a memcpy): torch's ``copy_`` splits a large copy over
+    its intra-op threads, which then wait for cores busy with the writer's compression. On
+    2 cores that ran at 0.8 GB/s against numpy's 21 GB/s, blocking ``record()`` ~45 ms per
+    notebook-sized step (benchmarks/bench_recorder.py).
+    """
+    if value.device.type == "cpu":
+        np.copyto(torch_to_numpy(buffer), torch_to_numpy(value))
+    else:
+        buffer.copy_(value, non_blocking=value.is_cuda)
 
 
 def _as_tensor(name: str, value: torch.Tensor | np.ndarray | float) -> torch.Tensor:
