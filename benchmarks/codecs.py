@@ -2,7 +2,8 @@
 
 For each [V, D] field (embeddings, grads, momentum, variance) and each candidate codec,
 the lossless ratio and one core's compression speed, on the values themselves (default
-mode) and on their XOR with the previous step (compact mode). Tensors are real when
+mode), on their XOR with the previous step, and on their difference in ULPs from it (compact
+mode's encoding, ``format.delta_encode``). Tensors are real when
 available (``--recording PATH`` or /tmp/real), cut into the chunks the recorder writes.
 
 Run: ``python benchmarks/codecs.py [--recording PATH] [--steps N]``.
@@ -25,6 +26,7 @@ from _common import (
     tensor_source,
     time_compress,
 )
+from wordybird.recorder.format import delta_encode
 
 #: Candidates: every one is a core Zarr v3 codec (``blosc`` or ``zstd``), which any Zarr
 #: reader, TensorStore included, decodes.
@@ -45,7 +47,7 @@ CANDIDATES: dict[str, numcodecs.abc.Codec] = {
 
 
 def measured_positions(count: int, steps: int) -> list[int]:
-    """``steps`` positions spread over the run, each with a previous step to XOR with."""
+    """``steps`` positions spread over the run, each with a previous step to diff against."""
     if count < 2:
         raise SystemExit("codecs.py needs at least two consecutive steps")
     return sorted({max(1, round((i + 1) * count / steps) - 1) for i in range(steps)})
@@ -54,18 +56,23 @@ def measured_positions(count: int, steps: int) -> list[int]:
 def measure(source: TensorSource, steps: int) -> None:
     """Print the ratio/speed tables for ``steps`` positions of ``source``."""
     positions = measured_positions(source.count, steps)
-    print(f"tensors: {source.label}; positions {positions} (XOR with the position before)")
+    print(f"tensors: {source.label}; positions {positions} (XOR / delta: vs the one before)")
     inputs: dict[tuple[str, str], list[np.ndarray]] = {}
     for position in positions:
         previous, current = source.load(position - 1), source.load(position)
         for field in MATRIX_FIELDS:
             bits = bits_of(current[field])
-            xor = bits ^ bits_of(previous[field])
+            before = bits_of(previous[field])
             inputs.setdefault((field, "values"), []).extend(chunks_as_stored(field, bits))
-            inputs.setdefault((field, "XOR-prev"), []).extend(chunks_as_stored(field, xor))
+            inputs.setdefault((field, "XOR-prev"), []).extend(
+                chunks_as_stored(field, bits ^ before)
+            )
+            inputs.setdefault((field, "delta-prev"), []).extend(
+                chunks_as_stored(field, delta_encode(bits, before))
+            )
 
     header = "".join(f"{f:>11s}" for f in MATRIX_FIELDS)
-    for encoding in ("values", "XOR-prev"):
+    for encoding in ("values", "XOR-prev", "delta-prev"):
         print(f"\n{encoding}: ratio per field, overall ratio and one core's MB/s")
         print(f"{'codec':20s}{header}{'overall':>10s}{'MB/s':>7s}")
         for name, codec in CANDIDATES.items():

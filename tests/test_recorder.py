@@ -19,7 +19,7 @@ import zarr
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.recorder.format import RecordingStore
+from wordybird.recorder.format import RecordingStore, delta_decode, delta_encode
 
 MODES = ["default", "compact"]
 
@@ -327,3 +327,18 @@ def test_reader_errors_name_what_is_missing(tmp_path: Path) -> None:
         rec.at_step(2)
     with pytest.raises(IndexError, match="position 2 is out of range"):
         rec["logits"][2]
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<u4", "<u8"])
+def test_compact_delta_encoding_inverts_exactly(dtype: str) -> None:
+    """Compact mode's ULP deltas round-trip for every bit pattern pair, wrap-around included."""
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(0)
+    now = rng.integers(0, top, 5000, dtype=dtype, endpoint=True)
+    before = rng.integers(0, top, 5000, dtype=dtype, endpoint=True)
+    now[:4] = [0, top, 7, 0]
+    before[:4] = [top, 0, 7, 1]
+    stored = delta_encode(now, before)
+    assert stored.dtype == np.dtype(dtype)
+    assert list(stored[:4]) == [2, 1, 0, 1]  # +1, -1, 0, -1 zigzagged
+    assert np.array_equal(delta_decode(stored, before), now)

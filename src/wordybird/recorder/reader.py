@@ -188,7 +188,7 @@ class ZarrRecording(Recording):
 
     @property
     def mode(self) -> str:
-        """ "default" (any Zarr v3 reader decodes it) or "compact" (XOR deltas)."""
+        """ "default" (any Zarr v3 reader decodes it) or "compact" (deltas between steps)."""
         return self._store.mode
 
     @property

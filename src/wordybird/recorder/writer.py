@@ -56,7 +56,7 @@ class StreamingRecorder:
         path: the recording's folder (conventionally ``*.zarr``).
         metadata: JSON-able run metadata, stored in the group's attributes.
         mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it) or
-            ``"compact"`` (XOR deltas between steps, decoded by wordybird; see FORMAT.md).
+            ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md).
         resume: continue an existing recording after its last committed step.
         overwrite: replace whatever is at ``path``.
         queue_size: steps that may wait for the writer before ``record()`` blocks.
