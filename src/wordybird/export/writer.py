@@ -39,8 +39,9 @@ from wordybird.recorder.reader import Recording, open_recording
 #: Steps read from the store at once: a field's block of consecutive steps holds at most this
 #: many bytes (one step of a large field; all steps of a small one, in one store read).
 BLOCK_BYTES = 8 << 20
-#: Blocks decoded ahead of the writer: enough to keep the disk busy, few enough for memory.
-READ_AHEAD = 2
+#: Blocks decoded ahead of the writer. One overlaps decoding with writing; a second one
+#: measured no faster (benchmarks/bench_export.py) and cost ~10 MB of peak RSS.
+READ_AHEAD = 1
 #: Permissions of the exported file (before the umask of whoever reads it: it is data).
 FILE_MODE = 0o644
 
