@@ -99,21 +99,15 @@ def plot_displacement(main: Analysis, compare: Sequence[Analysis], path: Path) -
         per_step.plot(steps, mean, "-", color=color, label=f"{run.label} mean")
         per_step.plot(steps, top, "--", color=color, alpha=0.6, label=f"{run.label} max")
         per_step_series += [mean, top]
-        total.plot(
-            steps,
-            run.series("untrained_displacement_first_mean"),
-            "-",
-            color=color,
-            label=f"{run.label} mean",
-        )
-        total.plot(
-            steps,
-            run.series("untrained_displacement_first_max"),
-            "--",
-            color=color,
-            alpha=0.6,
-            label=f"{run.label} max",
-        )
+        for stat, style, alpha in (("mean", "-", 1.0), ("max", "--", 0.6)):
+            total.plot(
+                steps,
+                run.series(f"untrained_displacement_first_{stat}"),
+                style,
+                color=color,
+                alpha=alpha,
+                label=f"{run.label} {stat}",
+            )
         cloud.plot(
             steps,
             run.series("untrained_centroid_norm"),
