@@ -19,7 +19,7 @@ import torch
 
 from wordybird.errors import WordybirdError
 from wordybird.recorder.bf16 import numpy_to_torch, torch_dtype_of
-from wordybird.recorder.format import STEPS_FIELD, RecordingStore
+from wordybird.recorder.format import STEPS_FIELD, FieldSpec, RecordingStore
 
 
 class FieldView:
@@ -45,12 +45,9 @@ class FieldView:
         n = len(self._recording)
         if isinstance(index, slice):
             start, stop, stride = index.indices(n)
-            if stride != 1:
-                return (
-                    torch.stack([self[i] for i in range(start, stop, stride)])
-                    if (range(start, stop, stride))
-                    else self[0:0]
-                )
+            if stride != 1:  # one read per position: chunks hold one step each
+                positions = range(start, stop, stride)
+                return torch.stack([self[i] for i in positions]) if positions else self[0:0]
             return self._recording.read(self.name, slice(start, max(start, stop)))
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
             position = int(index) + n if index < 0 else int(index)
@@ -216,7 +213,7 @@ class ZarrRecording(Recording):
             values = values.copy()
         return numpy_to_torch(values)
 
-    def _spec(self, field: str):
+    def _spec(self, field: str) -> FieldSpec:
         try:
             return self._store.fields[field]
         except KeyError:
