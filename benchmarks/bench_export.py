@@ -9,7 +9,12 @@ run on the same disk: ``wordybird export`` of it in a subprocess (peak RSS read 
 drifts with other load, so the export is compared with the mean of the two. Prints the
 figures and the ratios. Everything lives in a temporary folder under /tmp, deleted at the end.
 
-    python benchmarks/bench_export.py [RECORDING] [--steps N]
+Then, on the exported file: ``wordybird.open`` and a read of the last step of every field in
+a fresh process (time, peak RSS): a WB2-sized export (``--steps 1001``, 26 GB) is larger
+than this machine's RAM. With ``--max-file-size SIZE``, also a split export into files of at
+most SIZE (time, peak RSS, file count) and the same open-and-read on its index.
+
+    python benchmarks/bench_export.py [RECORDING] [--steps N] [--max-file-size 4GB]
 """
 
 from __future__ import annotations
@@ -48,6 +53,16 @@ export_safetensors(*sys.argv[1:])
 print(time.perf_counter() - start)
 """
 IMPORTS_CHILD = "import torch, zarr, safetensors, wordybird.export.writer"
+#: Open an export and read the last step of every field; prints seconds and the step count.
+OPEN_CHILD = """
+import sys, time
+import wordybird
+start = time.perf_counter()
+with wordybird.open(sys.argv[1]) as rec:
+    for field in rec.fields:
+        rec[field][-1]
+    print(time.perf_counter() - start, len(rec))
+"""
 
 
 def build_recording(path: Path, steps: int) -> None:
@@ -134,6 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recording", nargs="?", help="a real recording to export instead")
     parser.add_argument("--steps", type=int, default=101, help="steps of the synthetic run")
+    parser.add_argument("--max-file-size", help="also measure a split export (e.g. 4GB)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wordybird-bench-export-", dir="/tmp"))
@@ -156,6 +172,8 @@ def main() -> None:
         out.unlink()
         raw_s = [raw_write(work / "raw.bin", size)]
         (work / "raw.bin").unlink()
+        opened, open_rss = child_peak_rss(OPEN_CHILD, str(out))
+        out.unlink()
         seconds, function_rss = child_peak_rss(FUNCTION_CHILD, str(source), str(out))
         function_s = float(seconds)
         out.unlink()
@@ -179,6 +197,31 @@ def main() -> None:
             f"notebook scheme:      {NOTEBOOK_PEAK_RSS / 1e9:.1f} GB peak RSS -> "
             f"{NOTEBOOK_PEAK_RSS / export_rss:.0f}x less memory"
         )
+        open_s, count = opened.split()
+        print(
+            f"open + last step:     {float(open_s):.2f} s, peak RSS {open_rss / 1e6:.0f} MB "
+            f"({count} steps, file {size / 1e9:.2f} GB)"
+        )
+        if args.max_file_size:
+            split_out = work / "split" / "export.safetensors"
+            split_out.parent.mkdir()
+            seconds, split_rss = child_peak_rss(
+                CLI_CHILD, str(source), str(split_out), "--max-file-size", args.max_file_size
+            )
+            split_s = float(seconds.splitlines()[-1])
+            files = sorted(split_out.parent.glob("export-*.safetensors"))
+            largest = max(f.stat().st_size for f in files)
+            print(
+                f"split export:         {split_s:.2f} s ({size / split_s / 1e6:.0f} MB/s), "
+                f"peak RSS {split_rss / 1e6:.0f} MB, {len(files)} files, largest "
+                f"{largest / 1e9:.2f} GB (limit {args.max_file_size})"
+            )
+            opened, open_rss = child_peak_rss(OPEN_CHILD, str(split_out))
+            open_s, count = opened.split()
+            print(
+                f"open split + last:    {float(open_s):.2f} s, peak RSS {open_rss / 1e6:.0f} MB "
+                f"({count} steps)"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

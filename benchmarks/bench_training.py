@@ -7,14 +7,21 @@
    Goal: <= 1.10x.
 3. The compression the recorder reached on that recorded run: raw bytes / bytes on disk,
    per field and overall.
+4. Peak RSS of a real ``wordybird train`` process (the command users run, default WB1
+   settings) with every step recorded and with ``--no-record``, at each ``--rss-steps``
+   length: what recording costs in memory where users live. Goal: <= 300 MB more
+   (stretch: 150 MB), flat in the number of steps.
 
-Run: ``python benchmarks/bench_training.py [--steps 6] [--batch-size 32]``.
+Run: ``python benchmarks/bench_training.py [--steps 6] [--batch-size 32] [--rss-steps 20,100]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,10 +59,27 @@ def step_times(batch: int, steps: int) -> dict[torch.dtype, float]:
     return {dtype: statistics.median(t[1:]) for dtype, t in times.items()}
 
 
+def train_peak_rss(steps: int, *, record: bool, out: Path) -> int:
+    """Peak RSS in bytes of one ``wordybird train`` process, read from its own rusage."""
+    command = [sys.executable, "-m", "wordybird.cli", "train", "--steps", str(steps)]
+    command += ["--out", str(out), "--overwrite", *([] if record else ["--no-record"])]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    errors = process.stderr.read()  # drained before waiting, so the child never blocks
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{errors.decode()[-2000:]}")
+    return usage.ru_maxrss * 1024  # KiB on Linux
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--rss-steps", default="20,100", help="run lengths for the peak-RSS comparison"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -92,6 +116,16 @@ def main() -> None:
             f"  {'overall':14s} {raw_total / 1e6:9.1f} MB raw {disk_total / 1e6:9.1f} MB "
             f"{raw_total / disk_total:5.2f}x"
         )
+
+        print("== peak RSS of `wordybird train` (default WB1 settings), recorded vs --no-record")
+        for steps in (int(n) for n in args.rss_steps.split(",")):
+            plain_rss = train_peak_rss(steps, record=False, out=Path(tmp) / "rss")
+            recorded_rss = train_peak_rss(steps, record=True, out=Path(tmp) / "rss")
+            print(
+                f"  {steps:5d} steps: --no-record {plain_rss / 1e6:7.0f} MB, recording "
+                f"{recorded_rss / 1e6:7.0f} MB: +{(recorded_rss - plain_rss) / 1e6:.0f} MB "
+                "(goal <= +300 MB, stretch +150 MB)"
+            )
 
 
 if __name__ == "__main__":

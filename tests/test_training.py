@@ -295,6 +295,58 @@ def test_recorder_callback_drops_into_a_plain_trainer(corpus: Path, tmp_path: Pa
         assert torch.equal(rec["embeddings"][-1], model.transformer.wpe.weight.detach())
 
 
+def _tensors_held_by(obj: object) -> list[torch.Tensor]:
+    """Every tensor reachable from an object's attributes (through dicts, lists, tuples)."""
+    found, todo = [], list(vars(obj).values())
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return found
+
+
+def test_callback_holds_no_activation_after_a_step(corpus: Path, tmp_path: Path) -> None:
+    """Only copies of what is recorded stay between steps: no view pins a whole activation."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from wordybird import RecorderCallback, StreamingRecorder
+
+    model = build_model(TINY, seed=1, param_dtype=torch.float32)
+    data = TokenDataset(tokenize(read_corpus(corpus)), 16)
+    recorder = StreamingRecorder(tmp_path / "rec.zarr")
+    callback = RecorderCallback(recorder)
+    activations: list[int] = []  # storage addresses of every forward's logits
+    model.register_forward_hook(
+        lambda module, args, output: activations.append(output.logits.untyped_storage().data_ptr())
+    )
+    checked: list[int] = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # after RecorderCallback's
+            held = _tensors_held_by(callback)
+            assert held, "the callback should hold its step's loss, logits and grad"
+            for tensor in held:
+                assert tensor.untyped_storage().data_ptr() not in activations
+                assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+            checked.append(state.global_step)
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, Probe()]).train()
+    assert checked == [1, 2]
+    assert activations, "the model's forward never ran"
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 

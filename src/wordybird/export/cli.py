@@ -44,15 +44,35 @@ def _keep_memory_flat() -> None:
     help="Per-step fields to export (recorded_steps and the run's scalars always are). "
     "Default: all.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--steps-per-file",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Split into files of at most K steps: OUT-00001-of-0000N.safetensors ... and "
+    "OUT.safetensors.index.json (wordybird.open reads the set as one recording).",
+)
+@click.option(
+    "--max-file-size",
+    metavar="SIZE",
+    help="Split so that no file is larger than SIZE (e.g. 4GB, 512MiB); as --steps-per-file.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT (or a split export's files).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def export(
-    recording: Path, out: Path, steps: str | None, fields: str | None, overwrite: bool, quiet: bool
+    recording: Path,
+    out: Path,
+    steps: str | None,
+    fields: str | None,
+    steps_per_file: int | None,
+    max_file_size: str | None,
+    overwrite: bool,
+    quiet: bool,
 ) -> None:
-    """Write RECORDING (a Zarr store or an exported file) as one safetensors file OUT.
+    """Write RECORDING (a Zarr store or an export) as the safetensors file OUT.
 
     The file has the notebook's layout (load it with safetensors' load_file) and is
-    streamed: memory stays flat whatever its size. OUT appears only once complete.
+    streamed: memory stays flat whatever its size. OUT appears only once complete. A file
+    too large for the RAM of whoever loads it can be split into several such files.
     """
     from tqdm import tqdm
 
@@ -61,9 +81,24 @@ def export(
     _keep_memory_flat()
     with tqdm(unit="B", unit_scale=True, disable=quiet, desc=out.name, leave=False, delay=1) as bar:
         path = export_safetensors(
-            recording, out, steps=steps, fields=fields, overwrite=overwrite, progress=bar.update
+            recording,
+            out,
+            steps=steps,
+            fields=fields,
+            overwrite=overwrite,
+            progress=bar.update,
+            steps_per_file=steps_per_file,
+            max_file_size=max_file_size,
         )
-    click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    if path == out:
+        click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+        return
+    from wordybird.export.reader import SplitSafetensorsRecording
+
+    with SplitSafetensorsRecording(path) as split:
+        files = split.files
+    total = sum(f.stat().st_size for f in files)
+    click.echo(f"wrote {len(files)} files ({total:,} bytes) and their index {path}")
 
 
 @click.command()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from wordybird.export.reader import SplitSafetensorsRecording
 from wordybird.recorder.reader import Recording, ZarrRecording, open_recording
 
 #: The per-step loss field of a training recording (the initial state's loss is NaN).
@@ -32,11 +32,13 @@ def inspect_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "first": int(steps[0]) if len(steps) else None,
                 "last": int(steps[-1]) if len(steps) else None,
             },
-            "size_on_disk": _size_on_disk(rec.path),
+            "size_on_disk": rec.size_on_disk(),
             "fields": [_field_report(rec, name) for name in rec.fields],
             "loss": _loss_report(rec),
             "metadata": rec.metadata,
         }
+        if isinstance(rec, SplitSafetensorsRecording):
+            report["files"] = [str(path) for path in rec.files]
         if isinstance(rec, ZarrRecording):
             report["mode"] = rec.mode
             report["committed"] = len(steps)
@@ -78,18 +80,14 @@ def _loss_report(rec: Recording) -> dict[str, Any] | None:
     }
 
 
-def _size_on_disk(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The report as aligned text for a terminal."""
     steps = report["steps"]
     lines = [f"{report['path']}", f"  format:    {report['format']}"]
     if "mode" in report:
         lines[-1] += f" ({report['mode']} mode)"
+    if "files" in report:
+        lines[-1] += f" ({len(report['files'])} files)"
     span = f"{steps['first']}..{steps['last']}" if steps["count"] else "none"
     lines.append(f"  steps:     {steps['count']} recorded, {span}")
     if "committed" in report:

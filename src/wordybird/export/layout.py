@@ -17,13 +17,17 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 
 #: Bytes of the little-endian header length that starts every safetensors file.
 HEADER_LENGTH_BYTES = 8
+#: The largest header a reader accepts (the safetensors library's own limit): a corrupt
+#: length field must not make us allocate gigabytes.
+MAX_HEADER_BYTES = 100_000_000
 #: The header key that holds string → string metadata.
 METADATA_KEY = "__metadata__"
 #: The notebook's 0-d scalar tensors, taken from the run metadata of the same names.
@@ -125,3 +129,145 @@ def encode_header(placed: Sequence[TensorEntry], metadata: Mapping[str, str]) ->
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
+
+
+class LayoutError(ValueError):
+    """A file that does not follow the safetensors layout (the reader names the file)."""
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """What a safetensors header says: each tensor's place, and the string metadata."""
+
+    entries: dict[str, TensorEntry]  # in file order
+    metadata: dict[str, str]
+    data_start: int  # file offset of the data region (8 + header length)
+
+
+def decode_header(file: BinaryIO, file_size: int) -> FileLayout:
+    """Parse and validate a safetensors header without reading (or mapping) any data.
+
+    Checks what the safetensors library checks, so a file accepted here is one it reads
+    too: known dtypes, byte ranges that match each shape, data contiguous from offset 0,
+    and a file exactly as long as the header announces (a truncated export is refused).
+    """
+    prefix = file.read(HEADER_LENGTH_BYTES)
+    if len(prefix) < HEADER_LENGTH_BYTES:
+        raise LayoutError(f"it has {file_size} bytes, too few for a safetensors header")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(MAX_HEADER_BYTES, file_size - HEADER_LENGTH_BYTES):
+        raise LayoutError(f"its header length field ({length:,} bytes) is impossible")
+    try:
+        header = json.loads(file.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LayoutError(f"its header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise LayoutError("its header is not a JSON object")
+    metadata = header.pop(METADATA_KEY, None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise LayoutError(f"its {METADATA_KEY!r} is not a string-to-string object")
+    entries = sorted((_entry(name, info) for name, info in header.items()), key=lambda e: e.begin)
+    offset = 0
+    for entry in entries:
+        if entry.begin != offset:
+            raise LayoutError(
+                f"tensor {entry.name!r} starts at data offset {entry.begin}, expected {offset}"
+            )
+        offset = entry.end
+    data_start = HEADER_LENGTH_BYTES + length
+    if data_start + offset != file_size:
+        raise LayoutError(
+            f"its header announces {data_start + offset:,} bytes, the file has {file_size:,}"
+            + (" (truncated)" if file_size < data_start + offset else "")
+        )
+    return FileLayout({e.name: e for e in entries}, metadata, data_start)
+
+
+def _entry(name: str, info: Any) -> TensorEntry:
+    try:
+        dtype = torch_dtype(info["dtype"])
+        shape = tuple(info["shape"])
+        begin, end = info["data_offsets"]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise LayoutError(f"tensor {name!r} has a malformed header entry: {exc}") from None
+    if not all(isinstance(d, int) and d >= 0 for d in (*shape, begin, end)):
+        raise LayoutError(f"tensor {name!r}: shape and offsets must be non-negative integers")
+    entry = TensorEntry(name, dtype, shape, begin)
+    if entry.end != end:
+        raise LayoutError(
+            f"tensor {name!r}: offsets {begin}..{end} do not hold {entry.nbytes} bytes of "
+            f"{info['dtype']} {list(shape)}"
+        )
+    return entry
+
+
+# -- split exports ------------------------------------------------------------------------------
+#: Appended to the export's name for the index of a split export (Hugging Face's convention).
+INDEX_SUFFIX = ".index.json"
+INDEX_FORMAT = "wordybird.split-safetensors"
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One file of a split export: its name (beside the index) and the steps it holds."""
+
+    name: str
+    first_step: int
+    last_step: int
+    count: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    """The index of a split export: its files in step order, and the fields each holds."""
+
+    files: list[IndexEntry]
+    fields: list[str]
+
+
+def index_path(out: Path) -> Path:
+    """Where the index of a split export named ``out`` goes: ``OUT.safetensors.index.json``."""
+    return out.with_name(out.name + INDEX_SUFFIX)
+
+
+def part_paths(out: Path, count: int) -> list[Path]:
+    """``OUT-00001-of-0000N.safetensors`` …: the files of a split export named ``out``."""
+    return [
+        out.with_name(f"{out.stem}-{i:05d}-of-{count:05d}{out.suffix}") for i in range(1, count + 1)
+    ]
+
+
+def encode_index(index: SplitIndex) -> bytes:
+    """The index as the JSON document FORMAT.md specifies."""
+    document = {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_VERSION,
+        "fields": index.fields,
+        "steps": sum(entry.count for entry in index.files),
+        "files": [asdict(entry) for entry in index.files],
+    }
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def read_index(path: Path) -> SplitIndex:
+    """Parse a split export's index; :class:`LayoutError` if it is not one this version reads."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LayoutError(f"it is not JSON: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
+        raise LayoutError(f'it has no "format": {INDEX_FORMAT!r}')
+    if document.get("format_version") != INDEX_VERSION:
+        raise LayoutError(
+            f"it has format version {document.get('format_version')}; this wordybird reads "
+            f"version {INDEX_VERSION}"
+        )
+    try:
+        files = [IndexEntry(**entry) for entry in document["files"]]
+        return SplitIndex(files, list(document["fields"]))
+    except (KeyError, TypeError) as exc:
+        raise LayoutError(f"it is malformed: {exc}") from None

@@ -1,25 +1,41 @@
-"""An exported safetensors file read lazily, through the same interface as a Zarr store.
+"""Exported safetensors files read lazily, through the same interface as a Zarr store.
 
-``safe_open`` memory-maps the file and ``get_slice`` reads only the bytes asked for, so
-opening a 2.6 GB export costs its header, and ``rec["embeddings"][5]`` one step's bytes.
+The header is parsed here (8 bytes of length, then JSON: see ``layout.decode_header``) and
+each read is a positional read of exactly the bytes asked for, into a fresh buffer. Nothing
+maps the file: ``safe_open`` maps the whole file privately and writable, which the kernel
+refuses for a file larger than RAM + swap (a 26 GB WB2 export on a 24 GB machine), and
+whose touched pages would count against the reader's memory. Opening costs the header,
+``rec["embeddings"][5]`` one step's bytes, whatever the file's size.
+
 The notebook's 0-d scalar tensors and the header's ``__metadata__`` (JSON-encoded by the
 exporter) become :attr:`SafetensorsRecording.metadata`, so a recording's metadata looks the
 same whichever form it was opened from.
+
+A split export (``--steps-per-file``/``--max-file-size``) is a set of such files and an
+index naming them: :class:`SplitSafetensorsRecording` reads them as one recording.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from wordybird.errors import WordybirdError
-from wordybird.export.layout import torch_dtype
+from wordybird.export.layout import (
+    FileLayout,
+    LayoutError,
+    TensorEntry,
+    decode_header,
+    read_index,
+)
 from wordybird.recorder.format import STEPS_FIELD
 from wordybird.recorder.reader import Recording
 
@@ -36,46 +52,50 @@ class SafetensorsRecording(Recording):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self._file = safe_open(str(self.path), framework="pt")
+            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115  (closed by close())
         except FileNotFoundError:
             raise WordybirdError(f"{self.path} does not exist") from None
-        except Exception as exc:  # safetensors raises its own error type for a bad header
-            raise WordybirdError(f"{self.path} is not a readable safetensors file: {exc}") from exc
-        names = self._file.offset_keys()
-        if STEPS_FIELD not in names:
-            raise WordybirdError(
-                f"{self.path} is a safetensors file but not a recording (no {STEPS_FIELD!r})"
-            )
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        self._dtypes: dict[str, torch.dtype] = {}
-        for name in names:
-            view = self._file.get_slice(name)
-            self._shapes[name] = tuple(view.get_shape())
-            try:
-                self._dtypes[name] = torch_dtype(view.get_dtype())
-            except ValueError as exc:
-                raise WordybirdError(f"{self.path}: tensor {name!r}: {exc}") from None
-        if len(self._shapes[STEPS_FIELD]) != 1 or self._dtypes[STEPS_FIELD] != torch.int64:
-            raise WordybirdError(
-                f"{self.path}: {STEPS_FIELD!r} must be a 1-d int64 tensor, it is "
-                f"{self._dtypes[STEPS_FIELD]} of shape {list(self._shapes[STEPS_FIELD])}"
-            )
-        self._steps = self._file.get_tensor(STEPS_FIELD).numpy().astype(np.int64)
+        except OSError as exc:
+            raise WordybirdError(f"cannot read {self.path}: {exc}") from exc
+        self._lock = threading.Lock()  # seek + readinto pairs; the export reads on a thread
+        try:
+            self._layout = self._decode()
+            self._steps = self._read_entry(self._entry(STEPS_FIELD)).numpy().astype(np.int64)
+            self._metadata = self._read_metadata()
+        except BaseException:
+            self.close()
+            raise
         n = len(self._steps)
         self._fields = tuple(
             name
-            for name in names
-            if name != STEPS_FIELD and self._shapes[name][:1] == (n,) and n > 0
+            for name, entry in self._layout.entries.items()
+            if name != STEPS_FIELD and entry.shape[:1] == (n,) and n > 0
         )
-        self._metadata = self._read_metadata(names)
 
-    def _read_metadata(self, names: list[str]) -> dict[str, Any]:
+    def _decode(self) -> FileLayout:
+        try:
+            layout = decode_header(self._file, os.fstat(self._file.fileno()).st_size)
+        except LayoutError as exc:
+            raise WordybirdError(f"{self.path} is not a readable safetensors file: {exc}") from None
+        steps = layout.entries.get(STEPS_FIELD)
+        if steps is None:
+            raise WordybirdError(
+                f"{self.path} is a safetensors file but not a recording (no {STEPS_FIELD!r})"
+            )
+        if len(steps.shape) != 1 or steps.dtype != torch.int64:
+            raise WordybirdError(
+                f"{self.path}: {STEPS_FIELD!r} must be a 1-d int64 tensor, it is "
+                f"{steps.dtype} of shape {list(steps.shape)}"
+            )
+        return layout
+
+    def _read_metadata(self) -> dict[str, Any]:
         metadata: dict[str, Any] = {
-            key: _json_or_text(value) for key, value in (self._file.metadata() or {}).items()
+            key: _json_or_text(value) for key, value in self._layout.metadata.items()
         }
-        for name in names:
-            if not self._shapes[name]:
-                metadata[name] = _python_number(self._file.get_tensor(name))
+        for name, entry in self._layout.entries.items():
+            if not entry.shape:
+                metadata[name] = _python_number(self._read_entry(entry))
         return metadata
 
     @property
@@ -91,28 +111,158 @@ class SafetensorsRecording(Recording):
         return dict(self._metadata)
 
     def step_shape(self, field: str) -> tuple[int, ...]:
-        return self._shapes[self._field(field)][1:]
+        return self._entry(self._field(field)).shape[1:]
 
     def dtype(self, field: str) -> torch.dtype:
-        return self._dtypes[self._field(field)]
+        return self._entry(self._field(field)).dtype
 
     def nbytes_on_disk(self, field: str) -> int:
         """Bytes of ``field`` in the file (safetensors stores them uncompressed)."""
-        return int(np.prod(self._shapes[self._field(field)])) * self.dtype(field).itemsize
+        return self._entry(self._field(field)).nbytes
 
     def read(self, field: str, index: int | slice) -> torch.Tensor:
-        view = self._file.get_slice(self._field(field))
+        entry = self._entry(self._field(field))
         if isinstance(index, slice):
-            index = slice(index.start, min(index.stop, len(self._steps)))
-        return view[index]
+            start, stop, _ = index.indices(len(self._steps))
+            return self._read_entry(entry, start, max(start, stop))
+        return self._read_entry(entry, index, index + 1)[0]
 
     def close(self) -> None:
-        self._file.__exit__(None, None, None)
+        self._file.close()
+
+    def _read_entry(
+        self, entry: TensorEntry, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor (the whole of a 0-d one), read from the file."""
+        row_shape = entry.shape[1:]
+        if entry.shape:
+            stop = entry.shape[0] if stop is None else stop
+            shape = (stop - start, *row_shape)
+        else:
+            shape = ()
+        row_nbytes = math.prod(row_shape) * entry.dtype.itemsize
+        out = torch.empty(shape, dtype=entry.dtype)
+        if out.numel():  # read straight into the tensor's memory: no second copy
+            offset = self._layout.data_start + entry.begin + start * row_nbytes
+            self._read_into(memoryview(out.reshape(-1).view(torch.uint8).numpy()), offset)
+        return out
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        with self._lock:
+            self._file.seek(offset)
+            while view:
+                got = self._file.readinto(view)
+                if not got:
+                    raise WordybirdError(f"{self.path} ended early: was it truncated while open?")
+                view = view[got:]
+
+    def _entry(self, name: str) -> TensorEntry:
+        return self._layout.entries[name]
 
     def _field(self, field: str) -> str:
         if field not in self._fields:
             raise KeyError(f"{self.path} has no field {field!r}; it has {', '.join(self._fields)}")
         return field
+
+
+class SplitSafetensorsRecording(Recording):
+    """A split export read as one recording: its index and the files it lists, in order.
+
+    Every file is a complete notebook-layout file for a consecutive range of steps; they
+    must agree on fields, shapes and dtypes, and hold exactly the steps the index says.
+    """
+
+    format = "safetensors-split"
+
+    def __init__(self, index_path: str | os.PathLike[str]) -> None:
+        self.path = Path(index_path)
+        try:
+            index = read_index(self.path)
+        except LayoutError as exc:
+            raise WordybirdError(
+                f"{self.path} is not a wordybird split-export index: {exc}"
+            ) from None
+        self._parts: list[SafetensorsRecording] = []
+        try:
+            for entry in index.files:
+                part = SafetensorsRecording(self.path.parent / entry.name)
+                self._parts.append(part)
+                steps = part.steps
+                if len(steps) != entry.count or (
+                    len(steps) and (steps[0], steps[-1]) != (entry.first_step, entry.last_step)
+                ):
+                    raise WordybirdError(
+                        f"{part.path} does not hold the {entry.count} step(s) "
+                        f"{entry.first_step}..{entry.last_step} that {self.path} lists for it: "
+                        "the files do not belong together"
+                    )
+                if part.fields != self._parts[0].fields or any(
+                    (part.step_shape(f), part.dtype(f))
+                    != (self._parts[0].step_shape(f), self._parts[0].dtype(f))
+                    for f in part.fields
+                ):
+                    raise WordybirdError(
+                        f"{part.path} has other fields, shapes or dtypes than {self._parts[0].path}"
+                    )
+        except BaseException:
+            self.close()
+            raise
+        if not self._parts:
+            raise WordybirdError(f"{self.path} lists no file")
+        self._steps = np.concatenate([part.steps for part in self._parts])
+        if np.any(np.diff(self._steps) <= 0):
+            raise WordybirdError(f"the files of {self.path} are not in increasing step order")
+        #: position where each part starts, and one past the last
+        self._bounds = [int(b) for b in np.cumsum([0, *(len(part) for part in self._parts)])]
+
+    @property
+    def files(self) -> list[Path]:
+        """The files of the export, in step order."""
+        return [part.path for part in self._parts]
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._steps
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self._parts[0].fields
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._parts[0].metadata
+
+    def step_shape(self, field: str) -> tuple[int, ...]:
+        return self._parts[0].step_shape(field)
+
+    def dtype(self, field: str) -> torch.dtype:
+        return self._parts[0].dtype(field)
+
+    def nbytes_on_disk(self, field: str) -> int:
+        return sum(part.nbytes_on_disk(field) for part in self._parts)
+
+    def size_on_disk(self) -> int:
+        return self.path.stat().st_size + sum(part.size_on_disk() for part in self._parts)
+
+    def read(self, field: str, index: int | slice) -> torch.Tensor:
+        if not isinstance(index, slice):
+            part = bisect.bisect_right(self._bounds, index) - 1
+            return self._parts[part].read(field, index - self._bounds[part])
+        start, stop, _ = index.indices(len(self._steps))
+        pieces = [
+            self._parts[part].read(field, slice(max(start, begin) - begin, min(stop, end) - begin))
+            for part, (begin, end) in enumerate(
+                zip(self._bounds[:-1], self._bounds[1:], strict=True)
+            )
+            if max(start, begin) < min(stop, end)
+        ]
+        if not pieces:
+            return self._parts[0].read(field, slice(0, 0))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.close()
 
 
 def _json_or_text(value: str) -> Any:

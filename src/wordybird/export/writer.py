@@ -19,6 +19,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 from collections import deque
@@ -32,7 +33,19 @@ import numpy as np
 import torch
 
 from wordybird.errors import WordybirdError
-from wordybird.export.layout import SCALAR_METADATA, TensorEntry, encode_header, plan
+from wordybird.export.layout import (
+    SCALAR_METADATA,
+    IndexEntry,
+    LayoutError,
+    SplitIndex,
+    TensorEntry,
+    encode_header,
+    encode_index,
+    index_path,
+    part_paths,
+    plan,
+    read_index,
+)
 from wordybird.recorder.format import STEPS_FIELD
 from wordybird.recorder.reader import Recording, open_recording
 
@@ -137,69 +150,186 @@ def export_safetensors(
     fields: Sequence[str] | str | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    steps_per_file: int | None = None,
+    max_file_size: int | str | None = None,
 ) -> Path:
-    """Write a recording (or a step range / some fields of it) as one safetensors file.
+    """Write a recording (or a step range / some fields of it) as safetensors file(s).
 
     Args:
         recording_or_path: an open :class:`Recording`, or the path of a Zarr store or of
-            an exported file.
+            an export.
         out: the ``.safetensors`` file to create.
         steps: ``(START, STOP)`` or ``"START:STOP"``: recorded step numbers with
             START <= step < STOP (STOP excluded, like a Python slice); None ends are open.
         fields: the per-step fields to keep (``recorded_steps`` and the run's scalars are
             always written); all of them when None.
-        overwrite: replace an existing file at ``out``.
+        overwrite: replace existing files.
         progress: called with the number of bytes written after each write.
+        steps_per_file: split the export into files of at most this many steps each
+            (``OUT-00001-of-0000N.safetensors`` …, each in the notebook's layout) and an
+            index ``OUT.safetensors.index.json`` that ``wordybird.open`` reads as one.
+        max_file_size: split so that no file exceeds this many bytes (an int, or text such
+            as ``"4GB"`` or ``"512MiB"``); exclusive with ``steps_per_file``.
 
     Returns:
-        ``out`` as a Path, once the complete file is durably in place.
+        ``out`` (or, split, the index) as a Path, once every file is durably in place.
     """
     out = Path(out)
-    _check_destination(out, overwrite)
+    split = steps_per_file is not None or max_file_size is not None
+    if steps_per_file is not None and max_file_size is not None:
+        raise WordybirdError("give either steps_per_file or max_file_size, not both")
+    if steps_per_file is not None and steps_per_file < 1:
+        raise WordybirdError(f"steps per file must be at least 1, got {steps_per_file}")
+    if not split:
+        _check_destination(out, overwrite)
     owned = not isinstance(recording_or_path, Recording)
     rec = open_recording(recording_or_path) if owned else recording_or_path
     try:
         positions = select_positions(rec, steps)
         chosen = select_fields(rec, fields)
         scalars, provenance = split_metadata(rec.metadata, [STEPS_FIELD, *chosen])
+        full = _FilePlan(rec, positions, chosen, scalars, provenance)
+        if not split:
+            _check_free_space(out, full.size)
+            full.write(out, progress)
+            return out
+        per_file = (
+            full.steps_fitting(parse_size(max_file_size))
+            if max_file_size is not None
+            else int(steps_per_file or 0)
+        )
+        parts = [
+            full.part(range(a, min(a + per_file, positions.stop)))
+            for a in range(positions.start, positions.stop, per_file)
+        ]
+        return _write_split(out, parts, overwrite, progress)
+    finally:
+        if owned:
+            rec.close()
+
+
+class _FilePlan:
+    """One export file: the steps and fields it holds, its header, and how to write it."""
+
+    def __init__(
+        self,
+        rec: Recording,
+        positions: range,
+        chosen: list[str],
+        scalars: dict[str, torch.Tensor],
+        provenance: dict[str, str],
+    ) -> None:
+        self.rec, self.positions, self.chosen = rec, positions, chosen
+        self.scalars, self.provenance = scalars, provenance
         recorded = rec.steps[positions.start : positions.stop]
-        constants = {STEPS_FIELD: torch.from_numpy(np.ascontiguousarray(recorded)), **scalars}
+        self.tensors = {STEPS_FIELD: torch.from_numpy(np.ascontiguousarray(recorded)), **scalars}
         entries = [
-            *(
-                TensorEntry(name, value.dtype, tuple(value.shape))
-                for name, value in constants.items()
-            ),
+            *(TensorEntry(name, v.dtype, tuple(v.shape)) for name, v in self.tensors.items()),
             *(
                 TensorEntry(name, rec.dtype(name), (len(positions), *rec.step_shape(name)))
                 for name in chosen
             ),
         ]
-        placed = plan(entries)
-        header = encode_header(placed, provenance)
-        _check_free_space(out, len(header) + placed[-1].end)
+        self.placed = plan(entries)
+        self.header = encode_header(self.placed, provenance)
+        self.size = len(self.header) + self.placed[-1].end
+        self.first_step, self.last_step = int(recorded[0]), int(recorded[-1])
+
+    def part(self, positions: range) -> _FilePlan:
+        """The file of the same fields and metadata for some of the positions."""
+        return _FilePlan(self.rec, positions, self.chosen, self.scalars, self.provenance)
+
+    def steps_fitting(self, max_bytes: int) -> int:
+        """How many steps a file of at most ``max_bytes`` holds (this plan's header bounds
+        every smaller file's: shapes and offsets only get shorter)."""
+        per_step = sum(e.nbytes for e in self.placed if e.shape[:1] == (len(self.positions),))
+        fixed = self.size - per_step
+        per_step //= len(self.positions)
+        if max_bytes < fixed + per_step:
+            raise WordybirdError(
+                f"a file of at most {max_bytes:,} bytes cannot hold one step: one step's "
+                f"file takes {fixed + per_step:,} bytes"
+            )
+        return (max_bytes - fixed) // per_step
+
+    def write(self, out: Path, progress: Callable[[int], None] | None) -> None:
+        """Stream the file to ``out`` (atomically: complete under that name, or absent)."""
         jobs = (
             job
-            for entry in placed
+            for entry in self.placed
             for job in (
-                [partial(constants.__getitem__, entry.name)]
-                if entry.name in constants
-                else _blocks(rec, entry.name, positions)
+                [partial(self.tensors.__getitem__, entry.name)]
+                if entry.name in self.tensors
+                else _blocks(self.rec, entry.name, self.positions)
             )
         )
         with _atomic_file(out) as fd:
-            _write(fd, memoryview(header), progress)
+            _write(fd, memoryview(self.header), progress)
             for block in _read_ahead(jobs):
                 _write(fd, _bytes_of(block), progress)
             written = os.lseek(fd, 0, os.SEEK_CUR)
-            if written != len(header) + placed[-1].end:  # never leave a file its header belies
+            if written != self.size:  # never leave a file its header belies
                 raise WordybirdError(
-                    f"{rec.path} gave {written:,} bytes for {out}, its header announced "
-                    f"{len(header) + placed[-1].end:,}"
+                    f"{self.rec.path} gave {written:,} bytes for {out}, its header announced "
+                    f"{self.size:,}"
                 )
-    finally:
-        if owned:
-            rec.close()
-    return out
+
+
+def _write_split(
+    out: Path, parts: list[_FilePlan], overwrite: bool, progress: Callable[[int], None] | None
+) -> Path:
+    """Write each part as its own file, then the index that makes them one recording.
+
+    The index is written last: every file under its final name is complete, and the set
+    is whole once the index names it. With ``overwrite``, files of a replaced split export
+    that the new one does not reuse are removed after the new index is in place.
+    """
+    paths, index = part_paths(out, len(parts)), index_path(out)
+    for path in [*paths, index]:
+        _check_destination(path, overwrite)
+    _check_free_space(out, sum(part.size for part in parts))
+    replaced = _listed_files(index) - set(paths) if index.exists() else set()
+    for path, part in zip(paths, parts, strict=True):
+        part.write(path, progress)
+    entries = [
+        IndexEntry(path.name, part.first_step, part.last_step, len(part.positions), part.size)
+        for path, part in zip(paths, parts, strict=True)
+    ]
+    with _atomic_file(index) as fd:
+        _write(fd, memoryview(encode_index(SplitIndex(entries, parts[0].chosen))), None)
+    for path in replaced:
+        path.unlink(missing_ok=True)
+    return index
+
+
+def _listed_files(index: Path) -> set[Path]:
+    """The files an existing index names (none if it is not a readable index)."""
+    try:
+        return {index.parent / entry.name for entry in read_index(index).files}
+    except (LayoutError, OSError):
+        return set()
+
+
+#: A size in bytes, optionally with a decimal (kB, MB, GB, TB) or binary (KiB … TiB) unit.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*(?:([kmgt])(i?)b?|b?)\s*", re.IGNORECASE)
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or text such as ``4GB``, ``500 MB``, ``2GiB`` or ``1e9``."""
+    if isinstance(size, int):
+        value = size
+    else:
+        match = _SIZE.fullmatch(size)
+        if match is None:
+            raise WordybirdError(
+                f"not a size: {size!r} (give bytes, or a number with kB, MB, GB, MiB, GiB)"
+            )
+        number, prefix, binary = match.groups()
+        power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
+        value = int(float(number) * (1024 if binary else 1000) ** power)
+    if value <= 0:
+        raise WordybirdError(f"a file size must be positive, got {size!r}")
+    return value
 
 
 def _blocks(rec: Recording, field: str, positions: range) -> Iterator[Callable[[], torch.Tensor]]:

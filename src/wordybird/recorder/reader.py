@@ -99,6 +99,12 @@ class Recording(ABC):
     def close(self) -> None:  # noqa: B027  (only file-backed forms hold a resource)
         """Release any open file."""
 
+    def size_on_disk(self) -> int:
+        """Bytes the recording takes on disk (every file of a store)."""
+        if self.path.is_dir():
+            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return self.path.stat().st_size
+
     def __len__(self) -> int:
         return len(self.steps)
 
@@ -223,14 +229,23 @@ class ZarrRecording(Recording):
 
 
 def open_recording(path: str | os.PathLike[str]) -> Recording:
-    """Open a Zarr recording folder or an exported ``.safetensors`` file, lazily."""
+    """Open a Zarr recording folder, an exported ``.safetensors`` file or a split export.
+
+    A split export opens from its index (``OUT.safetensors.index.json``) or from the name it
+    was exported to (``OUT.safetensors``), when no single file has that name.
+    """
     p = Path(path)
     if p.is_dir():
         return ZarrRecording(p)
-    if p.is_file():
-        from wordybird.export.reader import SafetensorsRecording
+    from wordybird.export.layout import INDEX_SUFFIX, index_path
+    from wordybird.export.reader import SafetensorsRecording, SplitSafetensorsRecording
 
+    if p.is_file():
+        if p.name.endswith(INDEX_SUFFIX):
+            return SplitSafetensorsRecording(p)
         return SafetensorsRecording(p)
+    if index_path(p).is_file():
+        return SplitSafetensorsRecording(index_path(p))
     if not p.exists():
         raise WordybirdError(f"{p} does not exist")
     raise WordybirdError(f"{p} is neither a recording folder nor a safetensors file")

@@ -97,10 +97,13 @@ class RecorderCallback(TrainerCallback):
         logits = (
             output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
         )
+        # Copies of exactly what is recorded: a view such as ``logits[0, -1]`` would pin the
+        # whole [batch, seq, vocab] activation (823 MB at the notebook's shapes) until the
+        # next forward, so two of them would coexist at the step's peak.
         if loss is not None:
-            self._loss = loss.detach()
+            self._loss = loss.detach().to(torch.bfloat16, copy=True)
         if logits is not None:
-            self._logits = logits.detach()[0, -1]
+            self._logits = logits.detach()[0, -1].to(torch.bfloat16, copy=True)
 
     def _on_param_grad(self, param: torch.Tensor) -> None:
         self._grad_sq_norms[id(param)] = torch.linalg.vector_norm(
@@ -158,8 +161,7 @@ class RecorderCallback(TrainerCallback):
                     f"step {step}: the model's forward returned no loss/logits to record"
                 )
             grad = self._grad
-            logits = self._logits.to(torch.bfloat16)
-            loss = self._loss.to(torch.bfloat16)
+            logits, loss = self._logits, self._loss
             lr = torch.tensor(self._lr, dtype=torch.float32)
             norm = torch.stack(list(self._grad_sq_norms.values())).sum().sqrt()
         self.recorder.record(
