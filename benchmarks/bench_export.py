@@ -169,11 +169,10 @@ def main() -> None:
         seconds, export_rss = child_peak_rss(CLI_CHILD, str(source), str(out))
         export_s = float(seconds.splitlines()[-1])
         size = out.stat().st_size
+        opened, open_rss = child_peak_rss(OPEN_CHILD, str(out))
         out.unlink()
         raw_s = [raw_write(work / "raw.bin", size)]
         (work / "raw.bin").unlink()
-        opened, open_rss = child_peak_rss(OPEN_CHILD, str(out))
-        out.unlink()
         seconds, function_rss = child_peak_rss(FUNCTION_CHILD, str(source), str(out))
         function_s = float(seconds)
         out.unlink()

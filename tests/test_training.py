@@ -347,6 +347,80 @@ def test_callback_holds_no_activation_after_a_step(corpus: Path, tmp_path: Path)
     assert activations, "the model's forward never ran"
 
 
+class _Alternating(torch.nn.Module):
+    """A model whose ``sometimes`` parameter takes part in every other forward only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.always = torch.nn.Parameter(torch.randn(6, 4, generator=g))
+        self.sometimes = torch.nn.Parameter(torch.randn(6, 4, generator=g))
+        self.calls = 0
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        self.calls += 1
+        x = self.always.sum(1)
+        if self.calls % 2:
+            x = x + self.sometimes.square().sum(1)
+        logits = x.expand(input_ids.shape[0], input_ids.shape[1], 6)  # "vocab" = rows
+        return {"loss": (x - 1).square().mean(), "logits": logits}
+
+
+def _train_alternating(tmp_path: Path, optimizer_cls: type | None, steps: int = 4) -> Path:
+    from transformers import Trainer, TrainingArguments
+
+    from wordybird import RecorderCallback, StreamingRecorder
+
+    model = _Alternating()
+    data = [{"input_ids": torch.zeros(3, dtype=torch.long)}] * 16
+    recorder = StreamingRecorder(tmp_path / "rec.zarr")
+    callback = RecorderCallback(recorder, parameter=lambda m: m.sometimes)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        learning_rate=0.1,
+        max_grad_norm=0.0,
+    )
+    optimizers = (None, None)
+    if optimizer_cls is not None:
+        optimizers = (optimizer_cls(model.parameters(), lr=0.1), None)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, callbacks=[callback], optimizers=optimizers
+    )
+    trainer.train()
+    return tmp_path / "rec.zarr"
+
+
+def test_a_step_without_gradient_records_zero_not_the_last_gradient(tmp_path: Path) -> None:
+    with wordybird.open(_train_alternating(tmp_path, None)) as rec:
+        grads = rec["grads"][:]
+        assert rec.steps.tolist() == [0, 1, 2, 3, 4]
+        # forwards 1 and 3 (steps 1, 3) use the parameter; 2 and 4 do not
+        assert grads[1].abs().sum() > 0 and grads[3].abs().sum() > 0
+        assert not grads[2].any() and not grads[4].any()
+        # the optimizer's real state: torch's Adam skips a parameter without gradient
+        assert rec["momentum"][1].abs().sum() > 0
+        assert torch.equal(rec["momentum"][2], rec["momentum"][1])
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adafactor"])
+def test_an_optimizer_without_adam_state_records_no_momentum_or_variance(
+    tmp_path: Path, optimizer: str
+) -> None:
+    cls = getattr(torch.optim, optimizer)
+    with pytest.warns(UserWarning, match="no momentum/variance fields") as caught:
+        path = _train_alternating(tmp_path, cls)
+    assert sum("no momentum/variance" in str(w.message) for w in caught) == 1  # said once
+    with wordybird.open(path) as rec:
+        assert "momentum" not in rec.fields and "variance" not in rec.fields
+        assert {"embeddings", "grads", "losses"} <= set(rec.fields)
+        assert len(rec) == 5
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 

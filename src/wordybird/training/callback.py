@@ -18,6 +18,7 @@ background: nothing accumulates in RAM.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,14 @@ from wordybird.recorder import StreamingRecorder
 
 #: picks the recorded parameter from the model
 ParameterSelector = Callable[[nn.Module], nn.Parameter]
+#: The optimizer state recorded, by field: Adam's first and second moment estimates.
+ADAM_STATE = {"momentum": "exp_avg", "variance": "exp_avg_sq"}
+
+
+def _is_adam(optimizer: Any) -> bool:
+    """Adam or AdamW (Accelerate wraps the torch optimizer in ``.optimizer``)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
 
 
 def input_embedding(model: nn.Module) -> nn.Parameter:
@@ -50,8 +59,9 @@ class RecorderCallback(TrainerCallback):
     """Record one parameter's training trajectory into a :class:`StreamingRecorder`.
 
     Per recorded step: ``embeddings`` (the parameter after the optimizer step), ``grads``
-    (its gradient before clipping), ``momentum``/``variance`` (Adam's ``exp_avg`` and
-    ``exp_avg_sq`` after the step), ``logits`` (first sequence, last position), ``losses``,
+    (its gradient before clipping; zero in a step whose loss did not use it),
+    ``momentum``/``variance`` (Adam's ``exp_avg`` and ``exp_avg_sq`` after the step; only
+    with an optimizer that has them), ``logits`` (first sequence, last position), ``losses``,
     ``learning_rates`` (the LR that step used) and ``grad_norms`` (the pre-clip global
     gradient norm over all trainable parameters, computed in fp32). Tensors keep the
     parameter's dtype; logits and losses are stored as bf16 like the notebook's.
@@ -61,7 +71,7 @@ class RecorderCallback(TrainerCallback):
         parameter: which parameter to record (default: the input embedding).
         record_every: record steps whose number is a multiple of this.
         record_initial: record the state at the starting step (zero grads, NaN loss, zero
-            logits, and whatever optimizer state exists then). Off when resuming a run
+            logits, and the optimizer state then). Off when resuming a run
             whose recording already holds that step.
     """
 
@@ -82,6 +92,8 @@ class RecorderCallback(TrainerCallback):
         self._param: nn.Parameter | None = None
         self._vocab = 0
         self._grad: torch.Tensor | None = None
+        self._grad_seen = False  # whether backward produced the recorded gradient this step
+        self._state_keys: dict[str, str] | None = None  # field -> optimizer state key
         self._grad_sq_norms: dict[int, torch.Tensor] = {}
         self._loss: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
@@ -111,6 +123,7 @@ class RecorderCallback(TrainerCallback):
         ).square()
         if param is self._param:
             self._grad.copy_(param.grad)
+            self._grad_seen = True
 
     def _install(self, model: nn.Module) -> None:
         model = _unwrap(model)
@@ -134,20 +147,45 @@ class RecorderCallback(TrainerCallback):
 
     # -- recording ------------------------------------------------------------------------
 
-    def _optimizer_state(self, optimizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _optimizer_state(self, optimizer: Any, step: int) -> dict[str, torch.Tensor]:
+        """The recorded parameter's Adam moments, as the ``momentum``/``variance`` fields.
+
+        Only state the optimizer really has is recorded. Adam and AdamW define their moment
+        estimates to start at zero and create them lazily at a parameter's first update, so
+        before it (the initial state; a parameter that has had no gradient yet) their true
+        value is zero. Other optimizers (SGD, Adafactor, 8-bit Adam, …) hold no such
+        tensors: their recordings have no ``momentum``/``variance`` fields, said once.
+        """
+        if self._state_keys is None:
+            self._state_keys = self._choose_state_keys(optimizer)
         state = optimizer.state.get(self._param, {}) if optimizer is not None else {}
-        zeros = None
-        tensors = []
-        for key in ("exp_avg", "exp_avg_sq"):
+        tensors = {}
+        for field, key in self._state_keys.items():
             value = state.get(key)
             if value is None:
-                zeros = torch.zeros_like(self._param) if zeros is None else zeros
-                value = zeros
-            tensors.append(value)
-        return tensors[0], tensors[1]
+                if not _is_adam(optimizer):
+                    raise WordybirdError(
+                        f"step {step}: the optimizer no longer holds {key!r} for the recorded "
+                        "parameter, which earlier steps recorded"
+                    )
+                value = torch.zeros_like(self._param)
+            tensors[field] = value
+        return tensors
+
+    def _choose_state_keys(self, optimizer: Any) -> dict[str, str]:
+        state = optimizer.state.get(self._param, {}) if optimizer is not None else {}
+        if _is_adam(optimizer) or all(key in state for key in ADAM_STATE.values()):
+            return dict(ADAM_STATE)
+        name = type(getattr(optimizer, "optimizer", optimizer)).__name__
+        warnings.warn(
+            f"wordybird: the optimizer ({name}) holds no Adam exp_avg/exp_avg_sq for the "
+            "recorded parameter; the recording has no momentum/variance fields",
+            stacklevel=2,
+        )
+        return {}
 
     def _record(self, step: int, optimizer: Any, *, initial: bool) -> None:
-        momentum, variance = self._optimizer_state(optimizer)
+        state = self._optimizer_state(optimizer, step)
         param = self._param.detach()
         if initial:
             grad = torch.zeros_like(param)
@@ -160,17 +198,19 @@ class RecorderCallback(TrainerCallback):
                 raise WordybirdError(
                     f"step {step}: the model's forward returned no loss/logits to record"
                 )
+            if not self._grad_seen:  # the loss did not depend on it: its gradient is zero
+                self._grad.zero_()
             grad = self._grad
             logits, loss = self._logits, self._loss
             lr = torch.tensor(self._lr, dtype=torch.float32)
-            norm = torch.stack(list(self._grad_sq_norms.values())).sum().sqrt()
+            norms = list(self._grad_sq_norms.values())
+            norm = torch.stack(norms).sum().sqrt() if norms else torch.tensor(0.0)
         self.recorder.record(
             step,
             {
                 "embeddings": param,
                 "grads": grad,
-                "momentum": momentum,
-                "variance": variance,
+                **state,
                 "logits": logits,
                 "losses": loss,
                 "learning_rates": lr,
@@ -205,6 +245,7 @@ class RecorderCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs: Any) -> None:
         self._grad_sq_norms.clear()
+        self._grad_seen = False
         self._loss = self._logits = None
 
     def on_pre_optimizer_step(self, args, state, control, optimizer: Any = None, **kwargs):
