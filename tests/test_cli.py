@@ -41,3 +41,29 @@ def test_unknown_command_fails() -> None:
     result = run_cli("no-such-command")
     assert result.returncode != 0
     assert "no-such-command" in result.stderr
+
+
+def test_a_commands_exit_status_reaches_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    import click
+
+    from wordybird import cli
+
+    @click.command()
+    @click.pass_context
+    def fails(ctx: click.Context) -> None:
+        ctx.exit(3)
+
+    @click.command()
+    def no_space() -> None:
+        raise OSError(28, "No space left on device", "/full/disk/x.zarr")
+
+    monkeypatch.setitem(cli.COMMANDS, "fails", f"{__name__}:_FAILS")
+    monkeypatch.setitem(cli.COMMANDS, "no-space", f"{__name__}:_NO_SPACE")
+    monkeypatch.setitem(globals(), "_FAILS", fails)
+    monkeypatch.setitem(globals(), "_NO_SPACE", no_space)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["fails"])
+    assert exited.value.code == 3
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["no-space"])
+    assert exited.value.code == 1

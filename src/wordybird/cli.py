@@ -46,10 +46,15 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user-facing failures become one line on stderr and exit status 1."""
+    """Run the CLI; user-facing failures become one line on stderr and exit status 1.
+
+    An OSError that reaches this far (a full disk, a folder without write permission, a
+    file vanishing mid-read) is such a failure too: its message names the path.
+    """
     try:
-        cli.main(args=argv, standalone_mode=False)
-    except WordybirdError as exc:
+        # without standalone mode, a command's ctx.exit(code) comes back as the return value
+        code = cli.main(args=argv, standalone_mode=False)
+    except (WordybirdError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
