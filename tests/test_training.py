@@ -260,6 +260,24 @@ def test_resume_cuts_back_steps_recorded_after_the_checkpoint(corpus: Path, tmp_
             assert_same_bits(got[name][0:5], want[name][0:5])
 
 
+def test_resume_refuses_a_recording_missing_steps_and_closes_it(
+    corpus: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import threading
+
+    from wordybird import StreamingRecorder
+
+    train(config(corpus, steps=4, checkpoint_every=2), tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoint-4")
+    with StreamingRecorder(tmp_path / "run" / "recording.zarr", resume=True) as rec:
+        rec.truncate(1)  # checkpoint-2 needs steps 0..2
+    with pytest.raises(WordybirdError, match="cannot resume.*ends at step 1"):
+        resume(tmp_path / "run")
+    writers = [t for t in threading.enumerate() if t.name == "wordybird-writer"]
+    assert not writers, "the refused resume left its recorder's writer running"
+
+
 def test_record_every_and_no_record(corpus: Path, tmp_path: Path) -> None:
     train(config(corpus, steps=4, record_every=2), tmp_path / "sparse")
     with wordybird.open(tmp_path / "sparse" / "recording.zarr") as rec:

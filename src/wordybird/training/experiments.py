@@ -452,7 +452,12 @@ def _execute(
         path = out / RECORDING
         if resume_recording:
             recorder = StreamingRecorder(path, resume=True, metadata=metadata)
-            _cut_recording(recorder, resume_from, plan)
+            try:
+                _cut_recording(recorder, resume_from, plan)
+            except BaseException:
+                with suppress(WordybirdError):
+                    recorder.close()
+                raise
         else:
             recorder = StreamingRecorder(path, metadata=metadata, mode=c.mode)
         recorder_cb = RecorderCallback(
