@@ -358,7 +358,7 @@ def test_refresh_after_truncation_reads_the_steps_recorded_again(tmp_path: Path)
             writer.record(s, make_step(s + 100, **big))
         writer.flush()
         reader.refresh()
-        for s in (6, 10, 11, 19):
+        for s in (10, 11, 6, 19):  # 10 first: the reader had decoded it before
             assert same_bits(reader["embeddings"][s], make_step(s + 100, **big)["embeddings"])
 
 
