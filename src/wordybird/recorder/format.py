@@ -32,6 +32,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import Buffer
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
+from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
 from wordybird.errors import WordybirdError
 from wordybird.recorder import bf16
@@ -206,22 +207,51 @@ def _fault_point(point: str) -> None:
 
 class _LocalStore(LocalStore):
     """zarr's LocalStore plus what the commit protocol needs from it: a fault point before
-    every write, and the files written since :meth:`take_written` (durable mode fsyncs
-    exactly those, since LocalStore itself never fsyncs)."""
+    every write and, when ``durable``, writes that reach the disk (LocalStore never fsyncs).
 
-    def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
+    A durable write flushes its temporary file before renaming it into place, so after a
+    power loss the file is the old or the new one, never a renamed but empty one; the
+    folders that hold the new names are collected for :meth:`take_folders`, to be flushed
+    before anything (the header) depends on them.
+    """
+
+    def __init__(self, root: Path | str, *, read_only: bool = False, durable: bool = False) -> None:
         super().__init__(root, read_only=read_only)
-        self._written: list[Path] = []
+        self.durable = durable
+        self._folders: set[Path] = set()
 
     async def set(self, key: str, value: Buffer) -> None:
         _fault_point(f"write:{key}")
-        await super().set(key, value)
-        self._written.append(self.root / key)
+        if not self.durable:
+            await super().set(key, value)
+            return
+        self._check_writable()
+        await asyncio.to_thread(_put_durable, self.root / key, value)
+        self._folders.update(self.root / folder for folder in Path(key).parents)
 
-    def take_written(self) -> list[Path]:
-        """The files written since the last call (each written atomically, by a rename)."""
-        written, self._written = self._written, []
-        return written
+    def take_folders(self) -> set[Path]:
+        """The folders that got new file names since the last call."""
+        folders, self._folders = self._folders, set()
+        return folders
+
+
+def _put_durable(path: Path, value: Buffer) -> None:
+    """zarr's atomic write (its ``*.partial`` temporary, renamed) with the data fsynced
+    before the rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_write(path, "wb") as file:
+        file.write(value.as_buffer_like())
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (the names of files created or renamed in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _all(*steps: Awaitable[Any]) -> None:
@@ -236,15 +266,6 @@ async def _all(*steps: Awaitable[Any]) -> None:
             raise result
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a folder's entries, to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 #: ``recorded_steps``, stored like any small field.
 STEPS_SPEC = FieldSpec(STEPS_FIELD, "int64", ())
 
@@ -255,8 +276,9 @@ class RecordingStore:
     Not thread-safe for writing: one writer thread appends. Reading is safe from any thread
     while a writer appends, because readers look only at committed positions.
 
-    ``durable``: fsync each step's files before the header that commits it, and the header
-    after it, so that a power loss (not only a killed process) keeps every committed step.
+    ``durable``: every file is fsynced before it is renamed into place, and a step's
+    folders before the header that commits it, so that a power loss (not only a killed
+    process) keeps every committed step.
     """
 
     def __init__(
@@ -268,10 +290,8 @@ class RecordingStore:
         metadata: dict[str, Any],
         *,
         read_only: bool,
-        durable: bool,
     ) -> None:
         self.path = path
-        self.durable = durable
         self._group = group
         self._disk = disk
         self._header = header
@@ -315,7 +335,7 @@ class RecordingStore:
             "fields": {},
         }
         meta = _jsonable(dict(metadata or {}))
-        disk = _LocalStore(path)
+        disk = _LocalStore(path, durable=durable)
         try:
             group = sync(
                 zasync.open_group(
@@ -325,8 +345,10 @@ class RecordingStore:
                     attributes={"wordybird": header, "metadata": meta},
                 )
             )
-            store = cls(path, group, disk, header, meta, read_only=False, durable=durable)
-            store._sync_written()
+            store = cls(path, group, disk, header, meta, read_only=False)
+            store._sync_folders()
+            if durable:  # the recording's own name, in the folder that holds it
+                _fsync_folder(path.parent)
         except OSError as exc:
             raise WordybirdError(f"cannot create recording {path}: {exc}") from exc
         return store
@@ -341,7 +363,7 @@ class RecordingStore:
             raise WordybirdError(f"{path} does not exist")
         if not (path / "zarr.json").is_file():
             raise WordybirdError(f"{path} is not a wordybird recording (no zarr.json)")
-        disk = _LocalStore(path, read_only=read_only)
+        disk = _LocalStore(path, read_only=read_only, durable=durable)
         try:
             group = sync(
                 zasync.open_group(store=disk, mode="r" if read_only else "r+", zarr_format=3)
@@ -359,7 +381,7 @@ class RecordingStore:
                 f"version {FORMAT_VERSION} (upgrade wordybird to read it)"
             )
         metadata = dict(attrs.get("metadata") or {})
-        return cls(path, group, disk, dict(header), metadata, read_only=read_only, durable=durable)
+        return cls(path, group, disk, dict(header), metadata, read_only=read_only)
 
     # -- header ---------------------------------------------------------------------------
 
@@ -403,19 +425,15 @@ class RecordingStore:
         # disk) `committed` and the errors quoting it still tell what the disk holds.
         with self._attrs_lock:
             sync(self._group.update_attributes({"wordybird": header, "metadata": metadata}))
-            self._sync_written()
+            self._sync_folders()
             self._header, self._metadata = header, metadata
 
-    def _sync_written(self) -> None:
-        """Durable mode: flush the files written since the last call, and every folder from
-        theirs up to the group's (a new file's name lives in its folder), to the disk."""
-        written = self._disk.take_written()
-        if not self.durable or not written:
-            return
-        folders = {
-            self.path / parent for file in written for parent in file.relative_to(self.path).parents
-        }
-        sync(_all(*(asyncio.to_thread(_fsync, p) for p in [*written, *sorted(folders)])))
+    def _sync_folders(self) -> None:
+        """Durable mode: flush the folders that got new file names since the last call (a
+        renamed file is found again after a power loss only if its folder entry was)."""
+        folders = self._disk.take_folders()
+        if folders:
+            sync(_all(*(asyncio.to_thread(_fsync_folder, f) for f in sorted(folders))))
 
     # -- arrays ---------------------------------------------------------------------------
 
@@ -474,7 +492,7 @@ class RecordingStore:
         sync(grow())
         _fault_point("resized")
         sync(write())
-        self._sync_written()
+        self._sync_folders()
         _fault_point("commit")
         self._commit(n + 1)
         _fault_point("committed")
