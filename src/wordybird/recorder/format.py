@@ -276,9 +276,9 @@ class RecordingStore:
     Not thread-safe for writing: one writer thread appends. Reading is safe from any thread
     while a writer appends, because readers look only at committed positions.
 
-    ``durable``: every file is fsynced before it is renamed into place, and a step's
-    folders before the header that commits it, so that a power loss (not only a killed
-    process) keeps every committed step.
+    Created or opened with ``durable=True``, every file is fsynced before it is renamed
+    into place, and a step's folders before the header that commits it, so that a power
+    loss (not only a killed process) keeps every committed step.
     """
 
     def __init__(
@@ -288,15 +288,12 @@ class RecordingStore:
         disk: _LocalStore,
         header: dict[str, Any],
         metadata: dict[str, Any],
-        *,
-        read_only: bool,
     ) -> None:
         self.path = path
         self._group = group
         self._disk = disk
         self._header = header
         self._metadata = metadata
-        self._read_only = read_only
         self._arrays: dict[str, zarr.AsyncArray] = {}
         self._attrs_lock = threading.Lock()
         # compact mode: each delta field's last encoded or decoded (position, raw bits)
@@ -345,7 +342,7 @@ class RecordingStore:
                     attributes={"wordybird": header, "metadata": meta},
                 )
             )
-            store = cls(path, group, disk, header, meta, read_only=False)
+            store = cls(path, group, disk, header, meta)
             store._sync_folders()
             if durable:  # the recording's own name, in the folder that holds it
                 _fsync_folder(path.parent)
@@ -381,7 +378,7 @@ class RecordingStore:
                 f"version {FORMAT_VERSION} (upgrade wordybird to read it)"
             )
         metadata = dict(attrs.get("metadata") or {})
-        return cls(path, group, disk, dict(header), metadata, read_only=read_only)
+        return cls(path, group, disk, dict(header), metadata)
 
     # -- header ---------------------------------------------------------------------------
 
@@ -552,7 +549,7 @@ class RecordingStore:
         array = self._array(name)
         try:
             return sync(array.getitem(index))
-        except Exception as exc:
+        except (ValueError, RuntimeError, OSError) as exc:  # checksum, codec, I/O errors
             raise WordybirdError(
                 f"{self.path}: field {name!r} at {self._where(name, index)} cannot be read "
                 f"(the recording is damaged there): {exc}"
@@ -564,8 +561,6 @@ class RecordingStore:
             positions = range(self.committed)[index]
         else:
             positions = range(index, index + 1)
-        if not positions:
-            return "no position"
         first, last = positions[0], positions[-1]
         where = f"position {first}" if first == last else f"positions {first}..{last}"
         if name == STEPS_FIELD:
