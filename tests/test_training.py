@@ -6,6 +6,7 @@ Tiny shapes throughout (GPT-2's vocabulary, 8-wide embeddings, 16-token windows,
 from __future__ import annotations
 
 import math
+import os
 import signal
 from contextlib import nullcontext
 from pathlib import Path
@@ -286,6 +287,43 @@ def test_record_every_and_no_record(corpus: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "none" / "recording.zarr").exists()
     assert (tmp_path / "none" / "checkpoint-2").is_dir()
     assert math.isfinite(result.summary["loss_last"]["loss"])
+
+
+def test_durable_runs_fsync_their_recording(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """durable=True reaches the recorder, and a resumed run keeps it (from its run.json)."""
+    import shutil
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run = tmp_path / "run"
+    train(config(corpus, steps=2, checkpoint_every=1, durable=True), run)
+    assert any("recording.zarr" in path for path in synced)
+    shutil.rmtree(run / "checkpoint-2")
+    synced.clear()
+    resume(run)
+    assert any("recording.zarr" in path for path in synced)
+
+
+def test_train_cli_passes_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from wordybird.training.cli import train as train_command
+
+    configs: list[TrainConfig] = []
+    monkeypatch.setattr(experiments, "train", lambda c, out, overwrite: configs.append(c))
+    monkeypatch.setattr(experiments, "format_summary", lambda result: "")
+    for args in (["--durable"], []):
+        done = CliRunner().invoke(train_command, ["--out", str(tmp_path), *args])
+        assert done.exit_code == 0, done.output
+    assert [c.durable for c in configs] == [True, False]
 
 
 def test_recorder_callback_drops_into_a_plain_trainer(corpus: Path, tmp_path: Path) -> None:

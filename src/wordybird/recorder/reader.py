@@ -19,7 +19,7 @@ import torch
 
 from wordybird.errors import WordybirdError
 from wordybird.recorder.bf16 import numpy_to_torch, torch_dtype_of
-from wordybird.recorder.format import STEPS_FIELD, FieldSpec, RecordingStore
+from wordybird.recorder.format import FieldSpec, RecordingStore
 
 
 class FieldView:
@@ -154,28 +154,23 @@ class ZarrRecording(Recording):
     """A recording in a wordybird Zarr store; shows only committed steps.
 
     A store being written keeps growing: :meth:`refresh` picks up steps committed since the
-    recording was opened.
+    recording was opened (and steps re-recorded after a truncation).
     """
 
     format = "zarr"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._store = RecordingStore.open(self.path, read_only=True)
-        self._load_steps()
-
-    def _load_steps(self) -> None:
-        committed = self._store.committed
-        self._steps = (
-            self._store.read(STEPS_FIELD, slice(0, committed)).astype(np.int64)
-            if committed
-            else np.zeros(0, dtype=np.int64)
-        )
+        self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the store to see steps committed since it was opened."""
-        self._store.reload()
-        self._load_steps()
+        """Re-read the store to see steps committed since it was opened.
+
+        The store is opened anew: nothing read before (array shapes, compact mode's last
+        decoded step) survives, since a writer may have truncated and re-recorded since.
+        """
+        self._store = RecordingStore.open(self.path, read_only=True)
+        self._steps = self._store.steps()
 
     @property
     def steps(self) -> np.ndarray:
@@ -212,8 +207,8 @@ class ZarrRecording(Recording):
 
     def read(self, field: str, index: int | slice) -> torch.Tensor:
         self._spec(field)
-        if isinstance(index, slice) and index.stop > len(self._steps):
-            index = slice(index.start, len(self._steps))
+        if isinstance(index, slice):  # open or past-the-end bounds: within the committed
+            index = slice(*index.indices(len(self._steps)))
         values = np.asarray(self._store.read(field, index))  # keeps 0-d steps 0-d
         if not (values.flags.c_contiguous and values.flags.writeable):
             values = values.copy()

@@ -5,6 +5,8 @@ memory with an asynchronous copy when they live on a GPU) and hands them to one 
 thread, which compresses and writes them and then commits the step. A fixed pool of
 ``queue_size + 1`` buffer sets is the only per-step memory: when the disk is slower than
 training, ``record()`` waits for a free buffer set (back-pressure) instead of allocating.
+A process killed outright loses the steps not yet committed: up to ``queue_size`` waiting
+in the queue plus the one being written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Mapping
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +29,6 @@ import torch
 from wordybird.errors import WordybirdError
 from wordybird.recorder.bf16 import numpy_dtype_of, torch_dtype_of, torch_to_numpy
 from wordybird.recorder.format import (
-    STEPS_FIELD,
     FieldSpec,
     Mode,
     RecordingStore,
@@ -34,6 +37,28 @@ from wordybird.recorder.format import (
 )
 
 _STOP = object()
+
+#: Recorders not closed yet, held weakly: this set alone must not keep one alive.
+_OPEN: weakref.WeakSet[StreamingRecorder] = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """Write and commit what recorders nobody closed still hold, as the interpreter exits.
+
+    The writer is a daemon thread (an idle writer of a forgotten recorder must not block
+    the exit forever), so without this the steps still queued would vanish without a word.
+    """
+    for recorder in list(_OPEN):
+        try:
+            recorder.close()
+        except WordybirdError as exc:
+            warnings.warn(f"closing an unclosed recorder at exit: {exc}", stacklevel=1)
+
+
+# Not `atexit`: by then concurrent.futures has refused new work to every thread pool, and
+# zarr's LocalStore writes through one (asyncio.to_thread). threading's own exit hooks run
+# first, in reverse order of registration, so this one runs before concurrent.futures'.
+threading._register_atexit(_close_at_exit)
 
 
 @dataclass
@@ -48,9 +73,11 @@ class _Snapshot:
 class StreamingRecorder:
     """Record one step at a time into a Zarr recording, with memory independent of length.
 
-    Use as a context manager, or call :meth:`close`. The first :meth:`record` fixes each
-    field's shape and dtype; later steps must match. A background error (a full disk, say)
-    is raised by the next call, and by :meth:`close`; steps committed before it stay.
+    Use as a context manager, or call :meth:`close` (a recorder still open when the
+    interpreter exits is closed then). The first :meth:`record` fixes each field's shape
+    and dtype; later steps must match. A background error (a full disk, say) is raised by
+    the next call, and by :meth:`close`; steps committed before it stay, and a new recorder
+    with ``resume=True`` continues after them once the cause is gone.
 
     Args:
         path: the recording's folder (conventionally ``*.zarr``).
@@ -58,8 +85,12 @@ class StreamingRecorder:
         mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it) or
             ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md).
         resume: continue an existing recording after its last committed step.
-        overwrite: replace whatever is at ``path``.
+        overwrite: replace the recording (or empty folder) at ``path``; anything else there
+            is refused.
         queue_size: steps that may wait for the writer before ``record()`` blocks.
+        durable: fsync each step's files, then the header that commits it, then the folder,
+            so that a power loss (not only a killed process) keeps every committed step.
+            Costs time per step: see benchmarks/bench_durable.py.
     """
 
     def __init__(
@@ -71,37 +102,37 @@ class StreamingRecorder:
         resume: bool = False,
         overwrite: bool = False,
         queue_size: int = 2,
+        durable: bool = False,
     ) -> None:
         if queue_size < 1:
             raise WordybirdError(f"queue_size must be at least 1, got {queue_size}")
-        path = Path(path)
+        self.path = path = Path(path)
         if resume and overwrite:
             raise WordybirdError("resume and overwrite exclude each other")
         if resume:
             if not is_recording(path):
                 raise WordybirdError(f"cannot resume {path}: it is not a wordybird recording")
-            self._store = RecordingStore.open(path, read_only=False)
-            self._store.discard_uncommitted()
-            if metadata:
-                self._store.update_metadata(metadata)
+            self._store = RecordingStore.open(path, read_only=False, durable=durable)
+            with self._disk_errors("resuming"):
+                self._store.discard_uncommitted()
+                if metadata:
+                    self._store.update_metadata(metadata)
         else:
             self._store = RecordingStore.create(
-                path, metadata=metadata, mode=mode, overwrite=overwrite
+                path, metadata=metadata, mode=mode, overwrite=overwrite, durable=durable
             )
-        self.path = path
         self._queue_size = queue_size
         self._work: queue.Queue[Any] = queue.Queue()
         self._free: queue.Queue[_Snapshot] = queue.Queue()
         self._pool_filled = False
         self._error: BaseException | None = None
         self._closed = False
-        committed = self._store.committed
-        self._last_step: int | None = (
-            int(self._store.read(STEPS_FIELD, committed - 1)) if committed else None
-        )
+        steps = self._store.steps()
+        self._last_step: int | None = int(steps[-1]) if len(steps) else None
         self._specs: dict[str, FieldSpec] = dict(self._store.fields)
         self._thread = threading.Thread(target=self._run, name="wordybird-writer", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -112,7 +143,7 @@ class StreamingRecorder:
 
     @property
     def committed(self) -> int:
-        """How many steps are durably written so far."""
+        """How many steps are committed on disk so far."""
         return self._store.committed
 
     def record(self, step: int, tensors: Mapping[str, torch.Tensor | np.ndarray | float]) -> None:
@@ -124,17 +155,14 @@ class StreamingRecorder:
         self._check_open()
         step = self._check_step(step)
         values = {name: _as_tensor(name, value) for name, value in tensors.items()}
-        if not self._specs:
+        specs = self._specs
+        if not specs:  # the first step fixes the layout, once it is accepted
             if not values:
                 raise WordybirdError("record() needs at least one field")
             probe = {n: np.empty(t.shape, dtype=numpy_dtype_of(t.dtype)) for n, t in values.items()}
-            self._specs = field_specs_for(probe, self._store.mode)
-            if STEPS_FIELD in self._specs:
-                raise WordybirdError(
-                    f"{STEPS_FIELD!r} is written from the step argument; "
-                    "it cannot be recorded as a field"
-                )
-        self._check_fields(step, values)
+            specs = field_specs_for(probe, self._store.mode)
+        self._check_fields(step, values, specs)
+        self._specs = specs
         snapshot = self._take_buffers()
         try:
             snapshot.step = step
@@ -158,21 +186,24 @@ class StreamingRecorder:
     def truncate(self, after_step: int) -> None:
         """Drop committed steps after ``after_step`` (to re-run them from a checkpoint)."""
         self.flush()
-        steps = self._store.read(STEPS_FIELD, slice(0, self._store.committed))
+        steps = self._store.steps()
         keep = int(np.searchsorted(steps, after_step, side="right"))
-        self._store.truncate(keep)
+        with self._disk_errors("truncating"):
+            self._store.truncate(keep)
         self._last_step = int(steps[keep - 1]) if keep else None
 
     def update_metadata(self, entries: Mapping[str, Any]) -> None:
         """Merge entries into the recording's run metadata (e.g. a final summary)."""
         self.flush()
-        self._store.update_metadata(entries)
+        with self._disk_errors("updating the metadata of"):
+            self._store.update_metadata(entries)
 
     def close(self) -> None:
         """Write every queued step, stop the writer, and raise any background error."""
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         self._work.put(_STOP)
         self._thread.join()
         self._raise_background_error()
@@ -211,18 +242,20 @@ class StreamingRecorder:
             )
         return step
 
-    def _check_fields(self, step: int, values: Mapping[str, torch.Tensor]) -> None:
-        missing = sorted(set(self._specs) - set(values))
-        extra = sorted(set(values) - set(self._specs))
+    def _check_fields(
+        self, step: int, values: Mapping[str, torch.Tensor], specs: Mapping[str, FieldSpec]
+    ) -> None:
+        missing = sorted(set(specs) - set(values))
+        extra = sorted(set(values) - set(specs))
         if extra:
             raise WordybirdError(
                 f"step {step}: field(s) {', '.join(extra)} were not in the recording's first "
-                f"step (fields are fixed then: {', '.join(self._specs)})"
+                f"step (fields are fixed then: {', '.join(specs)})"
             )
         if missing:
             raise WordybirdError(f"step {step}: missing field(s) {', '.join(missing)}")
         for name, value in values.items():
-            spec = self._specs[name]
+            spec = specs[name]
             dtype = numpy_dtype_of(value.dtype)
             if tuple(value.shape) != spec.shape or np.dtype(dtype) != spec.numpy_dtype:
                 raise WordybirdError(
@@ -281,13 +314,28 @@ class StreamingRecorder:
         if self._error is None:
             return
         error = self._error
-        committed = self._store.committed
-        last = f"the first {committed} step(s) are committed and intact"
         if isinstance(error, OSError):
-            raise WordybirdError(f"writing to {self.path} failed: {error}; {last}") from error
+            raise WordybirdError(
+                f"writing to {self.path} failed: {error}; {self._safe()}"
+            ) from error
         raise WordybirdError(
-            f"the background writer for {self.path} failed: {error!r}; {last}"
+            f"the background writer for {self.path} failed: {error!r}; {self._safe()}"
         ) from error
+
+    @contextlib.contextmanager
+    def _disk_errors(self, action: str) -> Iterator[None]:
+        """Report a failing disk (full, gone read-only) as one WordybirdError saying what is
+        safe, like the writer thread's failures."""
+        try:
+            yield
+        except OSError as exc:
+            raise WordybirdError(f"{action} {self.path} failed: {exc}; {self._safe()}") from exc
+
+    def _safe(self) -> str:
+        return (
+            f"the first {self._store.committed} step(s) are committed and intact "
+            "(a recorder opened with resume=True continues after them)"
+        )
 
 
 def _copy_into(buffer: torch.Tensor, value: torch.Tensor) -> None:

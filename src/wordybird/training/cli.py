@@ -61,6 +61,12 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Recording layout (see the recorder's FORMAT.md).",
         ),
+        click.option(
+            "--durable",
+            is_flag=True,
+            help="fsync each recorded step before committing it, so that a power loss keeps "
+            "every committed step (slower; see the recorder's FORMAT.md).",
+        ),
         click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
         # model size, for quick experiments and tests; the defaults are Wordybird's
         click.option("--n-embd", type=int, default=64, hidden=True),
@@ -86,6 +92,7 @@ def _config(options: dict[str, Any], learning_rate: float = 1e-3):
         checkpoint_every=options["checkpoint_every"],
         compute_dtype=options["compute_dtype"],
         mode=options["mode"],
+        durable=options["durable"],
         corpus=str(options["corpus"]) if options["corpus"] is not None else None,
         model=ModelConfig(
             n_embd=options["n_embd"],

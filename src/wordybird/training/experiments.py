@@ -93,6 +93,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # None: only the final checkpoint
     compute_dtype: ComputeDtype = "auto"
     mode: Literal["default", "compact"] = "default"
+    durable: bool = False  # fsync each recorded step before committing it (FORMAT.md)
     corpus: str | None = None  # None: the stdlib documentation corpus
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -451,7 +452,7 @@ def _execute(
     if c.record_every is not None:
         path = out / RECORDING
         if resume_recording:
-            recorder = StreamingRecorder(path, resume=True, metadata=metadata)
+            recorder = StreamingRecorder(path, resume=True, metadata=metadata, durable=c.durable)
             try:
                 _cut_recording(recorder, resume_from, plan)
             except BaseException:
@@ -459,7 +460,7 @@ def _execute(
                     recorder.close()
                 raise
         else:
-            recorder = StreamingRecorder(path, metadata=metadata, mode=c.mode)
+            recorder = StreamingRecorder(path, metadata=metadata, mode=c.mode, durable=c.durable)
         recorder_cb = RecorderCallback(
             recorder, record_every=c.record_every, record_initial=not resume_recording
         )
