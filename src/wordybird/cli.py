@@ -16,6 +16,7 @@ from wordybird.errors import WordybirdError
 
 #: command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
+    "check": "wordybird.recorder.cli:check",
     "export": "wordybird.export.cli:export",
     "inspect": "wordybird.export.cli:inspect",
     "analyze": "wordybird.analysis.cli:analyze",

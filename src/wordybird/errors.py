@@ -8,3 +8,9 @@ as one line and exit non-zero instead of dumping a traceback.
 
 class WordybirdError(Exception):
     """A user-facing failure with a clear, single-line explanation."""
+
+
+class DamagedRecordingError(WordybirdError):
+    """Part of a recording on disk cannot be read: a chunk fails its checksum or does not
+    decode, a chunk file is missing, or an array's metadata is broken. The message names
+    the field and the steps; the rest of the recording still reads."""

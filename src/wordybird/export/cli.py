@@ -56,6 +56,12 @@ def _keep_memory_flat() -> None:
     metavar="SIZE",
     help="Split so that no file is larger than SIZE (e.g. 4GB, 512MiB); as --steps-per-file.",
 )
+@click.option(
+    "--skip-damaged",
+    is_flag=True,
+    help="Check RECORDING first and leave out steps that cannot be read (listed in the "
+    "file's metadata as skipped_damaged_steps). Default: a damaged step stops the export.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or a split export's files).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def export(
@@ -65,6 +71,7 @@ def export(
     fields: str | None,
     steps_per_file: int | None,
     max_file_size: str | None,
+    skip_damaged: bool,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -89,6 +96,7 @@ def export(
             progress=bar.update,
             steps_per_file=steps_per_file,
             max_file_size=max_file_size,
+            skip_damaged=skip_damaged,
         )
     if path == out:
         click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wordybird.errors import WordybirdError
+from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.export.layout import (
     SCALAR_METADATA,
     IndexEntry,
@@ -46,8 +47,9 @@ from wordybird.export.layout import (
     plan,
     read_index,
 )
-from wordybird.recorder.format import STEPS_FIELD
-from wordybird.recorder.reader import Recording, open_recording
+from wordybird.recorder.check import find_damage
+from wordybird.recorder.format import STEPS_FIELD, RecordingStore
+from wordybird.recorder.reader import Recording, ZarrRecording, open_recording
 
 #: Steps read from the store at once: a field's block of consecutive steps holds at most this
 #: many bytes (one step of a large field; all steps of a small one, in one store read).
@@ -152,6 +154,7 @@ def export_safetensors(
     progress: Callable[[int], None] | None = None,
     steps_per_file: int | None = None,
     max_file_size: int | str | None = None,
+    skip_damaged: bool = False,
 ) -> Path:
     """Write a recording (or a step range / some fields of it) as safetensors file(s).
 
@@ -170,6 +173,9 @@ def export_safetensors(
             index ``OUT.safetensors.index.json`` that ``wordybird.open`` reads as one.
         max_file_size: split so that no file exceeds this many bytes (an int, or text such
             as ``"4GB"`` or ``"512MiB"``); exclusive with ``steps_per_file``.
+        skip_damaged: check a Zarr recording first (``wordybird check``) and leave out the
+            steps that cannot be read, listing them in the file's metadata as
+            ``skipped_damaged_steps``. Without it, a damaged step stops the export.
 
     Returns:
         ``out`` (or, split, the index) as a Path, once every file is durably in place.
@@ -185,9 +191,12 @@ def export_safetensors(
     owned = not isinstance(recording_or_path, Recording)
     rec = open_recording(recording_or_path) if owned else recording_or_path
     try:
-        positions = select_positions(rec, steps)
+        positions: Sequence[int] = select_positions(rec, steps)
         chosen = select_fields(rec, fields)
         scalars, provenance = split_metadata(rec.metadata, [STEPS_FIELD, *chosen])
+        if skip_damaged:
+            positions, skipped = _readable(rec, positions, chosen)
+            provenance["skipped_damaged_steps"] = json.dumps(skipped)
         full = _FilePlan(rec, positions, chosen, scalars, provenance)
         if not split:
             _check_free_space(out, full.size)
@@ -198,10 +207,7 @@ def export_safetensors(
             if max_file_size is not None
             else int(steps_per_file or 0)
         )
-        parts = [
-            full.part(range(a, min(a + per_file, positions.stop)))
-            for a in range(positions.start, positions.stop, per_file)
-        ]
+        parts = [full.part(positions[a : a + per_file]) for a in range(0, len(positions), per_file)]
         return _write_split(out, parts, overwrite, progress)
     finally:
         if owned:
@@ -214,14 +220,14 @@ class _FilePlan:
     def __init__(
         self,
         rec: Recording,
-        positions: range,
+        positions: Sequence[int],
         chosen: list[str],
         scalars: dict[str, torch.Tensor],
         provenance: dict[str, str],
     ) -> None:
         self.rec, self.positions, self.chosen = rec, positions, chosen
         self.scalars, self.provenance = scalars, provenance
-        recorded = rec.steps[positions.start : positions.stop]
+        recorded = rec.steps[np.asarray(positions, dtype=np.int64)]
         self.tensors = {STEPS_FIELD: torch.from_numpy(np.ascontiguousarray(recorded)), **scalars}
         entries = [
             *(TensorEntry(name, v.dtype, tuple(v.shape)) for name, v in self.tensors.items()),
@@ -235,7 +241,7 @@ class _FilePlan:
         self.size = len(self.header) + self.placed[-1].end
         self.first_step, self.last_step = int(recorded[0]), int(recorded[-1])
 
-    def part(self, positions: range) -> _FilePlan:
+    def part(self, positions: Sequence[int]) -> _FilePlan:
         """The file of the same fields and metadata for some of the positions."""
         return _FilePlan(self.rec, positions, self.chosen, self.scalars, self.provenance)
 
@@ -265,8 +271,14 @@ class _FilePlan:
         )
         with _atomic_file(out) as fd:
             _write(fd, memoryview(self.header), progress)
-            for block in _read_ahead(jobs):
-                _write(fd, _bytes_of(block), progress)
+            try:
+                for block in _read_ahead(jobs):
+                    _write(fd, _bytes_of(block), progress)
+            except DamagedRecordingError as exc:
+                raise DamagedRecordingError(
+                    f"{exc}; `wordybird check` lists the damage, and export --skip-damaged "
+                    "(skip_damaged=True) exports the steps that still read"
+                ) from exc
             written = os.lseek(fd, 0, os.SEEK_CUR)
             if written != self.size:  # never leave a file its header belies
                 raise WordybirdError(
@@ -332,12 +344,34 @@ def parse_size(size: int | str) -> int:
     return value
 
 
-def _blocks(rec: Recording, field: str, positions: range) -> Iterator[Callable[[], torch.Tensor]]:
-    """Reads of ``field`` over ``positions`` in blocks of at most BLOCK_BYTES (one step min)."""
+def _blocks(
+    rec: Recording, field: str, positions: Sequence[int]
+) -> Iterator[Callable[[], torch.Tensor]]:
+    """Reads of ``field`` over ``positions`` in blocks of at most BLOCK_BYTES (one step min),
+    each a slice of consecutive positions."""
     step_nbytes = max(1, int(np.prod(rec.step_shape(field))) * rec.dtype(field).itemsize)
     per_block = max(1, BLOCK_BYTES // step_nbytes)
-    for start in range(positions.start, positions.stop, per_block):
-        yield partial(rec[field].__getitem__, slice(start, min(start + per_block, positions.stop)))
+    for _, run in itertools.groupby(enumerate(positions), key=lambda item: item[1] - item[0]):
+        consecutive = [position for _, position in run]
+        for start in range(0, len(consecutive), per_block):
+            block = consecutive[start : start + per_block]
+            yield partial(rec[field].__getitem__, slice(block[0], block[-1] + 1))
+
+
+def _readable(
+    rec: Recording, positions: Sequence[int], chosen: list[str]
+) -> tuple[list[int], list[int]]:
+    """The positions whose exported fields all read, and the step numbers left out."""
+    if not isinstance(rec, ZarrRecording):
+        return list(positions), []  # an export has no checksums to verify
+    bad: set[int] = set()
+    for damage in find_damage(RecordingStore.open(rec.path, read_only=True)):
+        if damage.field in (STEPS_FIELD, *chosen):
+            bad.update(range(damage.first_position, damage.last_position + 1))
+    kept = [p for p in positions if p not in bad]
+    if not kept:
+        raise WordybirdError(f"every selected step of {rec.path} is damaged: nothing to export")
+    return kept, [int(rec.steps[p]) for p in positions if p in bad]
 
 
 def _read_ahead(jobs: Iterator[Callable[[], torch.Tensor]]) -> Iterator[torch.Tensor]:

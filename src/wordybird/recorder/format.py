@@ -16,6 +16,7 @@ The writer (``writer.py``) and the reader (``reader.py``) reach the disk only th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import shutil
@@ -34,7 +35,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
-from wordybird.errors import WordybirdError
+from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.recorder import bf16
 
 FORMAT_NAME = "wordybird.recording"
@@ -436,8 +437,54 @@ class RecordingStore:
 
     def _array(self, name: str) -> zarr.AsyncArray:
         if name not in self._arrays:
-            self._arrays[name] = sync(self._group.getitem(name)).with_config(ARRAY_CONFIG)
+            try:
+                array = sync(self._group.getitem(name))
+            except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, zarr, I/O errors
+                raise DamagedRecordingError(
+                    f"{self.path}: field {name!r} cannot be opened (its array metadata is "
+                    f"damaged or missing): {exc!r}"
+                ) from exc
+            self._arrays[name] = array.with_config(ARRAY_CONFIG)
         return self._arrays[name]
+
+    def _chunk_files(self, name: str, positions: range) -> list[Path]:
+        """The chunk files that hold ``positions`` of an array. A sound recording has every
+        one of them (chunks equal to the fill value are written too: ARRAY_CONFIG), so a
+        missing one is damage, which zarr alone would read silently as zeros."""
+        array = self._array(name)
+        grid = array.metadata.chunk_grid.chunk_shape
+        across = [
+            range(math.ceil(size / rows))
+            for size, rows in zip(array.shape[1:], grid[1:], strict=True)
+        ]
+        return [
+            self.path / name / array.metadata.encode_chunk_key((row, *coords))
+            for row in range(positions[0] // grid[0], positions[-1] // grid[0] + 1)
+            for coords in itertools.product(*across)
+        ]
+
+    def damaged(self, name: str) -> list[tuple[range, str]]:
+        """The committed positions of one array that cannot be read, chunk row by chunk row,
+        each with the reason; empty for a sound array. Reads (and so checksums) every chunk."""
+        n = self.committed
+        try:
+            array = self._array(name)
+        except DamagedRecordingError as exc:
+            return [(range(n), str(exc))] if n else []
+        rows = array.metadata.chunk_grid.chunk_shape[0]
+        found = []
+        if array.shape[0] < n:
+            found.append(
+                (range(array.shape[0], n), f"the array holds only {array.shape[0]} positions")
+            )
+            n = array.shape[0]
+        for start in range(0, n, rows):
+            block = range(start, min(start + rows, n))
+            try:
+                self._get(name, slice(block.start, block.stop))
+            except DamagedRecordingError as exc:
+                found.append((block, str(exc)))
+        return found
 
     def define_fields(self, specs: Mapping[str, FieldSpec]) -> None:
         """Create the arrays for a recording's fields (at its first step).
@@ -547,10 +594,16 @@ class RecordingStore:
         """One array's stored values; a chunk that cannot be read (damaged: its checksum
         fails) is reported with its field and step instead of zarr's bare codec error."""
         array = self._array(name)
+        positions = range(array.shape[0])[index]
+        if isinstance(positions, int):
+            positions = range(positions, positions + 1)
         try:
+            for chunk in self._chunk_files(name, positions) if positions else []:
+                if not chunk.is_file():
+                    raise FileNotFoundError(f"chunk file {chunk.relative_to(self.path)} is missing")
             return sync(array.getitem(index))
         except (ValueError, RuntimeError, OSError) as exc:  # checksum, codec, I/O errors
-            raise WordybirdError(
+            raise DamagedRecordingError(
                 f"{self.path}: field {name!r} at {self._where(name, index)} cannot be read "
                 f"(the recording is damaged there): {exc}"
             ) from exc

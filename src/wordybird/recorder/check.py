@@ -1,0 +1,78 @@
+"""``wordybird check``: read every committed chunk of a recording and list what is damaged.
+
+Every chunk carries a crc32c; reading it verifies the checksum and that it decodes, and a
+chunk file that should exist but does not is damage too (zarr alone would read it as
+zeros). A damaged chunk makes its (field, step) pairs unreadable, and in compact mode also
+the later steps of its keyframe interval, which are rebuilt from it: the report lists
+those as well, so what it calls readable really reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wordybird.errors import DamagedRecordingError
+from wordybird.recorder.format import STEPS_FIELD, RecordingStore
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Consecutive committed positions of one field that cannot be read, and why."""
+
+    field: str
+    first_position: int
+    last_position: int
+    steps: list[int] | None  # their step numbers (None when those cannot be read either)
+    reason: str
+
+
+def find_damage(store: RecordingStore) -> list[Damage]:
+    """Every unreadable (field, positions) range of a store's committed steps."""
+    try:
+        numbers = store.steps()
+    except DamagedRecordingError:
+        numbers = None
+    damage = []
+    for name in [STEPS_FIELD, *store.fields]:
+        spec = store.fields.get(name)
+        for block, reason in store.damaged(name):
+            last = block[-1]
+            if spec is not None and spec.encoding == "delta":
+                # later deltas of the keyframe interval are decoded from this one
+                interval = store.keyframe_interval
+                last = min(store.committed, (last // interval + 1) * interval) - 1
+            steps = None if numbers is None else [int(s) for s in numbers[block[0] : last + 1]]
+            damage.append(Damage(name, block[0], last, steps, reason))
+    return damage
+
+
+def check_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON-able report: what was verified and every damaged range (empty when sound)."""
+    store = RecordingStore.open(Path(path), read_only=True)
+    damage = find_damage(store)
+    return {
+        "path": str(path),
+        "committed": store.committed,
+        "fields": [STEPS_FIELD, *store.fields],
+        "damaged": [asdict(d) for d in damage],
+    }
+
+
+def format_check(report: dict[str, Any]) -> str:
+    """The report as lines for a terminal."""
+    verified = f"{report['committed']} committed step(s) of {len(report['fields'])} arrays"
+    if not report["damaged"]:
+        return f"{report['path']}: ok, {verified} read and checksummed"
+    lines = [f"{report['path']}: DAMAGED ({verified} read)"]
+    for d in report["damaged"]:
+        steps = d["steps"]
+        where = (
+            (f"steps {steps[0]}..{steps[-1]}" if steps and len(steps) > 1 else f"step {steps[0]}")
+            if steps
+            else f"positions {d['first_position']}..{d['last_position']}"
+        )
+        lines.append(f"  {d['field']}: {where}: {d['reason']}")
+    return "\n".join(lines)
