@@ -46,7 +46,7 @@ from _common import (
     time_compress,
 )
 from wordybird import StreamingRecorder
-from wordybird.recorder.bf16 import torch_to_numpy
+from wordybird.dtypes import from_torch
 from wordybird.recorder.format import MODES, compressors_for, delta_encode, field_specs_for
 
 THROUGHPUT_GOAL = 180e6
@@ -86,7 +86,7 @@ def codec_speed(inputs: Sequence[Step], mode: str) -> float:
 
     Compact mode compresses deltas between steps, so they are measured on two steps' delta.
     """
-    arrays = {name: torch_to_numpy(inputs[0][name]) for name in MATRIX_FIELDS}
+    arrays = {name: from_torch(inputs[0][name]) for name in MATRIX_FIELDS}
     specs = field_specs_for(arrays, mode)  # type: ignore[arg-type]
     raw, seconds = 0, 0.0
     for name, spec in specs.items():

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.export import export_safetensors
 from wordybird.recorder.check import check_recording
 
 MODES = ["default", "compact"]
@@ -153,9 +152,9 @@ def test_export_refuses_damage_unless_told_to_skip_it(
     path, mode = damaged
     out = tmp_path / "x.safetensors"
     with pytest.raises(WordybirdError, match="damaged.*--skip-damaged"):
-        export_safetensors(path, out, fields="w,losses")
+        wordybird.export(path, out, fields="w,losses")
     assert not out.exists()
-    export_safetensors(path, out, fields="w,losses", skip_damaged=True)
+    wordybird.export(path, out, fields="w,losses", skip_damaged=True)
     kept = [p for p in range(STEPS) if p not in unreadable_positions(mode)]
     loaded = load_file(str(out))
     assert loaded["recorded_steps"].tolist() == [step_number(p) for p in kept]

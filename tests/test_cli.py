@@ -43,7 +43,9 @@ def test_unknown_command_fails() -> None:
     assert "no-such-command" in result.stderr
 
 
-def test_a_commands_exit_status_reaches_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commands_exit_status_reaches_the_shell(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import click
 
     from wordybird import cli
@@ -57,6 +59,12 @@ def test_a_commands_exit_status_reaches_the_shell(monkeypatch: pytest.MonkeyPatc
     def no_space() -> None:
         raise OSError(28, "No space left on device", "/full/disk/x.zarr")
 
+    @click.command()
+    def no_extra() -> None:
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setitem(cli.COMMANDS, "no-extra", f"{__name__}:_NO_EXTRA")
+    monkeypatch.setitem(globals(), "_NO_EXTRA", no_extra)
     monkeypatch.setitem(cli.COMMANDS, "fails", f"{__name__}:_FAILS")
     monkeypatch.setitem(cli.COMMANDS, "no-space", f"{__name__}:_NO_SPACE")
     monkeypatch.setitem(globals(), "_FAILS", fails)
@@ -67,3 +75,7 @@ def test_a_commands_exit_status_reaches_the_shell(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SystemExit) as exited:
         cli.main(["no-space"])
     assert exited.value.code == 1
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["no-extra"])
+    assert exited.value.code == 1
+    assert "pip install 'wordybird[analysis]'" in capsys.readouterr().err

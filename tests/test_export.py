@@ -24,9 +24,8 @@ from safetensors.torch import load_file, save_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.export import export_safetensors, inspect_recording
 from wordybird.export import writer as export_writer
-from wordybird.export.inspect import format_report
+from wordybird.inspect import format_report, inspect_recording
 
 VOCAB, DIM, STEPS = 50, 4, 12
 BIG_FIELDS = ("embeddings", "grads", "momentum", "variance")
@@ -117,7 +116,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_round_trip_is_bit_exact(
     tmp_path: Path, stores: dict[str, Path], mode: str, steps: Any, fields: Any
 ) -> None:
-    out = export_safetensors(stores[mode], tmp_path / "x.safetensors", steps=steps, fields=fields)
+    out = wordybird.export(stores[mode], tmp_path / "x.safetensors", steps=steps, fields=fields)
     rec = wordybird.open(stores[mode])
     start, stop = export_writer.parse_steps(steps) if isinstance(steps, str) else steps or (0, 0)
     keep = (rec.steps >= (start or 0)) & (rec.steps < (stop or 10**9))
@@ -135,7 +134,7 @@ def test_round_trip_is_bit_exact(
 
 
 def test_header_is_the_notebooks_layout(tmp_path: Path, stores: dict[str, Path]) -> None:
-    out = export_safetensors(stores["default"], tmp_path / "x.safetensors")
+    out = wordybird.export(stores["default"], tmp_path / "x.safetensors")
     length, header = read_header(out)
     assert length % 8 == 0
     n = 20
@@ -168,7 +167,7 @@ def test_export_is_byte_for_byte_what_save_file_writes(tmp_path: Path) -> None:
     with StreamingRecorder(store, metadata={**SCALARS, "seed": 7}) as rec:
         for step in range(100, 105):
             rec.record(step, training_step(step))
-    out = export_safetensors(store, tmp_path / "stream.safetensors")
+    out = wordybird.export(store, tmp_path / "stream.safetensors")
     rec = wordybird.open(store)
     in_ram = {
         "recorded_steps": torch.from_numpy(rec.steps),
@@ -232,7 +231,7 @@ print(f"\\n{'='*80}")
 def test_notebooks_quick_verification_cell_runs_on_the_export(
     tmp_path: Path, stores: dict[str, Path]
 ) -> None:
-    out = export_safetensors(stores["default"], tmp_path / "x.safetensors")
+    out = wordybird.export(stores["default"], tmp_path / "x.safetensors")
     untrained_mask = torch.zeros(VOCAB, dtype=torch.bool)
     untrained_mask[3:23] = True  # rows 0-2 hold NaN/inf on purpose
     namespace = {
@@ -254,8 +253,8 @@ def test_notebooks_quick_verification_cell_runs_on_the_export(
 def test_default_and_compact_stores_export_the_same_bytes(
     tmp_path: Path, stores: dict[str, Path]
 ) -> None:
-    a = export_safetensors(stores["default"], tmp_path / "a.safetensors", steps="101:117")
-    b = export_safetensors(stores["compact"], tmp_path / "b.safetensors", steps="101:117")
+    a = wordybird.export(stores["default"], tmp_path / "a.safetensors", steps="101:117")
+    b = wordybird.export(stores["compact"], tmp_path / "b.safetensors", steps="101:117")
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -266,7 +265,7 @@ def test_default_and_compact_stores_export_the_same_bytes(
 def test_open_on_the_file_equals_open_on_the_store(
     tmp_path: Path, stores: dict[str, Path], mode: str
 ) -> None:
-    out = export_safetensors(stores[mode], tmp_path / "x.safetensors")
+    out = wordybird.export(stores[mode], tmp_path / "x.safetensors")
     with wordybird.open(stores[mode]) as store, wordybird.open(out) as file:
         assert file.format == "safetensors"
         assert np.array_equal(file.steps, store.steps)
@@ -283,8 +282,8 @@ def test_open_on_the_file_equals_open_on_the_store(
 
 
 def test_an_export_can_be_exported_again(tmp_path: Path, stores: dict[str, Path]) -> None:
-    first = export_safetensors(stores["default"], tmp_path / "a.safetensors", steps="105:110")
-    again = export_safetensors(first, tmp_path / "b.safetensors")
+    first = wordybird.export(stores["default"], tmp_path / "a.safetensors", steps="105:110")
+    again = wordybird.export(first, tmp_path / "b.safetensors")
     assert again.read_bytes() == first.read_bytes()
 
 
@@ -315,7 +314,7 @@ SLOW_EXPORT = textwrap.dedent("""
         time.sleep(0.05)
     writer._write = slow_write
     writer.BLOCK_BYTES = 1  # one step per block: many writes
-    writer.export_safetensors(sys.argv[1], sys.argv[2])
+    writer.wordybird.export(sys.argv[1], sys.argv[2])
 """)
 
 
@@ -338,7 +337,7 @@ def test_kill_9_during_an_export_leaves_no_file_under_the_name(
     leftovers = list(out.parent.iterdir())
     assert [p.name.startswith(".x.safetensors.") for p in leftovers] == [True]
     # the next export to that name completes and clears the dead process's leftover
-    export_safetensors(stores["default"], out)
+    wordybird.export(stores["default"], out)
     assert [p.name for p in out.parent.iterdir()] == ["x.safetensors"]
     assert load_file(out)["recorded_steps"].tolist() == list(range(100, 120))
 
@@ -358,7 +357,7 @@ def test_an_interrupted_export_cleans_up(
             raise error("interrupted")
 
     with pytest.raises(error):
-        export_safetensors(stores["default"], out, overwrite=True, progress=progress)
+        wordybird.export(stores["default"], out, overwrite=True, progress=progress)
     assert [p.name for p in out.parent.iterdir()] == ["x.safetensors"]
     assert out.read_bytes() == b"previous export"  # replaced only by a complete file
 
@@ -385,25 +384,25 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, stores: dict[str, Path]) -> 
     for kwargs, message in cases:
         args = {"recording_or_path": store, "out": out, **kwargs}
         with pytest.raises(WordybirdError, match=message):
-            export_safetensors(args.pop("recording_or_path"), args.pop("out"), **args)
+            wordybird.export(args.pop("recording_or_path"), args.pop("out"), **args)
         assert not out.exists()
     out.write_bytes(b"keep me")
     with pytest.raises(WordybirdError, match="already exists; pass --overwrite"):
-        export_safetensors(store, out)
+        wordybird.export(store, out)
     assert out.read_bytes() == b"keep me"
 
 
 def test_not_enough_disk_space_is_refused_before_writing(
     tmp_path: Path, stores: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    size = len(export_safetensors(stores["default"], tmp_path / "full.safetensors").read_bytes())
+    size = len(wordybird.export(stores["default"], tmp_path / "full.safetensors").read_bytes())
 
     def disk_usage(path: str) -> Any:
         return type("Usage", (), {"total": 10**9, "used": 10**9, "free": size - 1})()
 
     monkeypatch.setattr(export_writer.shutil, "disk_usage", disk_usage)
     with pytest.raises(WordybirdError, match=f"needs {size:,} bytes"):
-        export_safetensors(stores["default"], tmp_path / "x.safetensors")
+        wordybird.export(stores["default"], tmp_path / "x.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.safetensors"]
 
 
@@ -433,7 +432,7 @@ def test_inspect_reports_layout_sizes_and_loss(tmp_path: Path) -> None:
     text = format_report(report)
     assert "1 in progress or left by a crash" in text and "x)" in text
 
-    out = export_safetensors(store, tmp_path / "x.safetensors")
+    out = wordybird.export(store, tmp_path / "x.safetensors")
     exported = inspect_recording(out)
     assert exported["format"] == "safetensors"
     assert exported["size_on_disk"] == out.stat().st_size
@@ -479,5 +478,33 @@ def test_export_help_says_stop_is_excluded() -> None:
 
 def test_progress_counts_every_byte(tmp_path: Path, stores: dict[str, Path]) -> None:
     written: list[int] = []
-    out = export_safetensors(stores["default"], tmp_path / "x.safetensors", progress=written.append)
+    out = wordybird.export(stores["default"], tmp_path / "x.safetensors", progress=written.append)
     assert sum(written) == out.stat().st_size
+
+
+def test_reading_inspecting_checking_and_exporting_never_import_torch(
+    tmp_path: Path, stores: dict[str, Path]
+) -> None:
+    """The light read path, run for real in a fresh process: torch is never imported."""
+    code = textwrap.dedent("""
+        import sys
+        import wordybird
+        wordybird.WordybirdError
+        light = "zarr" not in sys.modules
+        from wordybird.inspect import inspect_recording
+        from wordybird.recorder.check import check_recording
+        store, out = sys.argv[1:]
+        inspect_recording(store)
+        assert not check_recording(store)["damaged"]
+        wordybird.export(store, out, steps_per_file=7)
+        with wordybird.open(out) as rec:
+            assert rec["embeddings"].numpy(-1).dtype.name == "bfloat16"
+        print(light, "torch" in sys.modules)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(stores["compact"]), str(tmp_path / "x.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["True", "False"], result.stderr

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 import wordybird
 from wordybird import StreamingRecorder
-from wordybird.export import export_safetensors
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +45,7 @@ def test_notebook_shapes_round_trip_through_store_and_export(tmp_path: Path, mod
     with StreamingRecorder(store, mode=mode, metadata={"learning_rate": 1e-3}) as rec:
         for step in range(STEPS):
             rec.record(100 + step, notebook_step(step))
-    out = export_safetensors(store, tmp_path / "r.safetensors")
+    out = wordybird.export(store, tmp_path / "r.safetensors")
     loaded = load_file(out)
     assert loaded["recorded_steps"].tolist() == list(range(100, 100 + STEPS))
     assert loaded["embeddings"].shape == (STEPS, VOCAB, DIM)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.export import export_safetensors, inspect_recording
+from wordybird.inspect import inspect_recording
 
 STEPS = 20
 SCALARS = {"learning_rate": 1e-3, "n_trained": 7, "starting_step": 0}
@@ -96,7 +96,7 @@ def test_a_file_larger_than_ram_opens_lists_and_reads_its_last_step(tmp_path: Pa
     assert report["steps"]["count"] == steps
     assert report["size_on_disk"] == path.stat().st_size
     # a step range of it exports to a small file that holds exactly those steps
-    out = export_safetensors(path, tmp_path / "tail.safetensors", steps=f"{10 * (steps - 2)}:")
+    out = wordybird.export(path, tmp_path / "tail.safetensors", steps=f"{10 * (steps - 2)}:")
     tail = load_file(str(out))
     assert tail["recorded_steps"].tolist() == [10 * (steps - 2), 10 * (steps - 1)]
     assert same_bits(tail["embeddings"][1], last)
@@ -139,12 +139,12 @@ def test_split_export_is_files_in_the_notebooks_layout_and_reads_as_one(
     tmp_path: Path, store: Path
 ) -> None:
     out = tmp_path / "wb.safetensors"
-    index = export_safetensors(store, out, steps_per_file=6)
+    index = wordybird.export(store, out, steps_per_file=6)
     assert index == tmp_path / "wb.safetensors.index.json"
     names = [f"wb-{i:05d}-of-00004.safetensors" for i in range(1, 5)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, index.name])
     assert not out.exists()
-    whole = load_file(str(export_safetensors(store, tmp_path / "whole.safetensors")))
+    whole = load_file(str(wordybird.export(store, tmp_path / "whole.safetensors")))
     listed = json.loads(index.read_text())["files"]
     for i, name in enumerate(names):
         part = load_file(str(tmp_path / name))
@@ -175,17 +175,17 @@ def test_split_export_is_files_in_the_notebooks_layout_and_reads_as_one(
 
 
 def test_max_file_size_packs_as_many_steps_as_fit(tmp_path: Path, store: Path) -> None:
-    one = export_safetensors(store, tmp_path / "one.safetensors", steps="100:101").stat().st_size
-    seven = export_safetensors(store, tmp_path / "seven.safetensors", steps="100:107")
+    one = wordybird.export(store, tmp_path / "one.safetensors", steps="100:101").stat().st_size
+    seven = wordybird.export(store, tmp_path / "seven.safetensors", steps="100:107")
     limit = seven.stat().st_size + (seven.stat().st_size - one) // 6 - 1  # 7 fit, 8 do not
-    index = export_safetensors(store, tmp_path / "s.safetensors", max_file_size=limit)
+    index = wordybird.export(store, tmp_path / "s.safetensors", max_file_size=limit)
     with wordybird.open(index) as rec:
         sizes = [f.stat().st_size for f in rec.files]
         assert [len(load_file(str(f))["recorded_steps"]) for f in rec.files] == [7, 7, 6]
     assert max(sizes) <= limit
     with pytest.raises(WordybirdError, match="cannot hold one step"):
-        export_safetensors(store, tmp_path / "tiny.safetensors", max_file_size=one - 1)
-    index = export_safetensors(store, tmp_path / "u.safetensors", max_file_size="1 MiB")
+        wordybird.export(store, tmp_path / "tiny.safetensors", max_file_size=one - 1)
+    index = wordybird.export(store, tmp_path / "u.safetensors", max_file_size="1 MiB")
     with wordybird.open(index) as rec:
         assert len(rec.files) == 1 and len(rec) == STEPS
 
@@ -194,10 +194,10 @@ def test_split_export_refuses_to_clobber_and_overwrite_removes_replaced_files(
     tmp_path: Path, store: Path
 ) -> None:
     out = tmp_path / "x.safetensors"
-    export_safetensors(store, out, steps_per_file=5)
+    wordybird.export(store, out, steps_per_file=5)
     with pytest.raises(WordybirdError, match="already exists"):
-        export_safetensors(store, out, steps_per_file=5)
-    export_safetensors(store, out, steps_per_file=10, overwrite=True)
+        wordybird.export(store, out, steps_per_file=5)
+    wordybird.export(store, out, steps_per_file=10, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "x-00001-of-00002.safetensors",
         "x-00002-of-00002.safetensors",
@@ -210,9 +210,9 @@ def test_split_export_refuses_to_clobber_and_overwrite_removes_replaced_files(
 def test_split_export_files_that_do_not_belong_together_are_refused(
     tmp_path: Path, store: Path
 ) -> None:
-    index = export_safetensors(store, tmp_path / "x.safetensors", steps_per_file=8)
+    index = wordybird.export(store, tmp_path / "x.safetensors", steps_per_file=8)
     second = tmp_path / "x-00002-of-00003.safetensors"
-    export_safetensors(store, second, steps="100:108", overwrite=True)
+    wordybird.export(store, second, steps="100:108", overwrite=True)
     with pytest.raises(WordybirdError, match="do not belong together"):
         wordybird.open(index)
     second.unlink()
@@ -222,9 +222,9 @@ def test_split_export_files_that_do_not_belong_together_are_refused(
     with pytest.raises(WordybirdError, match="not a wordybird split-export index"):
         wordybird.open(index)
     with pytest.raises(WordybirdError, match="either steps_per_file or max_file_size"):
-        export_safetensors(store, tmp_path / "y.safetensors", steps_per_file=2, max_file_size=9)
+        wordybird.export(store, tmp_path / "y.safetensors", steps_per_file=2, max_file_size=9)
     with pytest.raises(WordybirdError, match="not a size"):
-        export_safetensors(store, tmp_path / "y.safetensors", max_file_size="4 parsecs")
+        wordybird.export(store, tmp_path / "y.safetensors", max_file_size="4 parsecs")
 
 
 def test_cli_split_export_inspect_and_reexport(tmp_path: Path, store: Path) -> None:
@@ -239,7 +239,7 @@ def test_cli_split_export_inspect_and_reexport(tmp_path: Path, store: Path) -> N
     # the split set exports back to one file equal to a direct export
     again = run_cli("export", "-q", str(out), str(tmp_path / "one.safetensors"))
     assert again.returncode == 0, again.stderr
-    direct = export_safetensors(store, tmp_path / "direct.safetensors")
+    direct = wordybird.export(store, tmp_path / "direct.safetensors")
     assert (tmp_path / "one.safetensors").read_bytes() == direct.read_bytes()
     bad = run_cli("export", str(store), str(tmp_path / "z.safetensors"), "--max-file-size", "10")
     assert bad.returncode == 1

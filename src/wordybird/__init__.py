@@ -2,40 +2,78 @@
 
 The public surface is small:
 
-- :func:`open` — a recording (Zarr store or exported safetensors file), read lazily.
+- :func:`open` — a recording (Zarr store, exported safetensors file or split export), read
+  lazily through one :class:`~wordybird.recording.Recording` interface.
 - :class:`StreamingRecorder` — write a recording one step at a time.
-- :class:`RecorderCallback` — record a Hugging Face ``Trainer`` run (``wordybird.training``).
+- :class:`RecorderCallback` — record a Hugging Face ``Trainer`` run.
+- :func:`export` — a recording as the notebook's safetensors file(s), streamed.
+- :class:`WordybirdError` — every failure a user can cause.
+
+Everything is imported on first use: ``import wordybird`` costs almost nothing, and reading
+or exporting never imports torch.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wordybird.errors import WordybirdError
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from wordybird.recorder import Recording
+    from wordybird.recording import Recording
 
 
 def open(path: str | os.PathLike[str]) -> Recording:
-    """Open a recording lazily: a ``.zarr`` store or an exported ``.safetensors`` file."""
-    from wordybird.recorder.reader import open_recording
+    """Open a recording lazily: a Zarr store (a folder), an exported ``.safetensors`` file,
+    or a split export (its ``.index.json``, or the name it was exported to)."""
+    p = Path(path)
+    if p.is_dir():
+        from wordybird.recorder.reader import ZarrRecording
 
-    return open_recording(path)
+        return ZarrRecording(p)
+    from wordybird.export.layout import INDEX_SUFFIX, index_path
+    from wordybird.export.reader import SafetensorsRecording, SplitSafetensorsRecording
+
+    if p.is_file():
+        if p.name.endswith(INDEX_SUFFIX):
+            return SplitSafetensorsRecording(p)
+        return SafetensorsRecording(p)
+    if index_path(p).is_file():
+        return SplitSafetensorsRecording(index_path(p))
+    if not p.exists():
+        raise WordybirdError(f"{p} does not exist")
+    raise WordybirdError(f"{p} is neither a recording folder nor a safetensors file")
 
 
-def __getattr__(name: str) -> object:
-    # Imported on first use so that `import wordybird` and the CLI's --help stay fast.
-    if name in ("StreamingRecorder", "Recording", "WordybirdError"):
-        import wordybird.recorder as recorder
+def __getattr__(name: str) -> Any:
+    if name == "StreamingRecorder":
+        from wordybird.recorder.writer import StreamingRecorder
 
-        return getattr(recorder, name)
+        return StreamingRecorder
     if name == "RecorderCallback":
         from wordybird.training.callback import RecorderCallback
 
         return RecorderCallback
+    if name == "export":  # the subpackage, callable as its export function
+        import wordybird.export
+
+        return wordybird.export
+    if name == "Recording":
+        from wordybird.recording import Recording
+
+        return Recording
     raise AttributeError(f"module 'wordybird' has no attribute {name!r}")
 
 
-__all__ = ["RecorderCallback", "Recording", "StreamingRecorder", "WordybirdError", "open"]
+__all__ = [
+    "RecorderCallback",
+    "Recording",
+    "StreamingRecorder",
+    "WordybirdError",
+    "export",
+    "open",
+]

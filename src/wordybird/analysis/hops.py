@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from wordybird.analysis.lattice import ordered_int, spacing_toward
 from wordybird.errors import WordybirdError
-from wordybird.recorder.reader import Recording
+from wordybird.recording import Recording
 
 GROUPS: tuple[str, ...] = ("untrained", "trained")
 MASKS_FILENAME = "token_masks.safetensors"

@@ -1,13 +1,31 @@
-"""Export a recording to one safetensors file (streamed), read such files lazily, inspect either.
+"""Export a recording to safetensors (streamed), and read such files lazily.
 
-- :func:`export_safetensors` — a Zarr recording (or a step range / fields of it) as the
-  notebook's safetensors file, without holding it in memory.
-- :class:`SafetensorsRecording` — an exported file opened lazily (``wordybird.open`` does it).
-- :func:`inspect_recording` — what a store or an exported file holds.
+``wordybird.export(recording, out, …)`` — this package is callable as its one function,
+:func:`~wordybird.export.writer.export_safetensors` — writes the notebook's layout without
+holding the recording in memory, as one file or split into several. ``wordybird.open``
+reads the results through the same interface as a store. Nothing here imports torch.
 """
 
-from wordybird.export.inspect import inspect_recording
-from wordybird.export.reader import SafetensorsRecording
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
 from wordybird.export.writer import export_safetensors
 
-__all__ = ["SafetensorsRecording", "export_safetensors", "inspect_recording"]
+
+class _CallableModule(types.ModuleType):
+    """``wordybird.export`` is both this package and the export function: Python binds a
+    subpackage's name on its parent once imported, so a function of the same name in the
+    package root would be replaced by the package; making the package callable keeps one
+    name for one job."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export_safetensors(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["export_safetensors"]

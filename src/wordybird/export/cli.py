@@ -1,9 +1,8 @@
-"""``wordybird export`` and ``wordybird inspect``."""
+"""``wordybird export``."""
 
 from __future__ import annotations
 
 import ctypes
-import json
 from pathlib import Path
 
 import click
@@ -107,14 +106,3 @@ def export(
         files = split.files
     total = sum(f.stat().st_size for f in files)
     click.echo(f"wrote {len(files)} files ({total:,} bytes) and their index {path}")
-
-
-@click.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(path: Path, as_json: bool) -> None:
-    """Show what PATH (a Zarr recording or an exported safetensors file) holds."""
-    from wordybird.export.inspect import format_report, inspect_recording
-
-    report = inspect_recording(path)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
+import ml_dtypes
+import numpy as np
+
+from wordybird.dtypes import BF16
 
 #: Bytes of the little-endian header length that starts every safetensors file.
 HEADER_LENGTH_BYTES = 8
@@ -31,58 +34,56 @@ MAX_HEADER_BYTES = 100_000_000
 #: The header key that holds string → string metadata.
 METADATA_KEY = "__metadata__"
 #: The notebook's 0-d scalar tensors, taken from the run metadata of the same names.
-SCALAR_METADATA: dict[str, torch.dtype] = {
-    "learning_rate": torch.float32,
-    "weight_decay": torch.float32,
-    "adam_beta1": torch.float32,
-    "adam_beta2": torch.float32,
-    "n_trained": torch.int64,
-    "n_untrained": torch.int64,
-    "starting_step": torch.int64,
+SCALAR_METADATA: dict[str, np.dtype] = {
+    "learning_rate": np.dtype(np.float32),
+    "weight_decay": np.dtype(np.float32),
+    "adam_beta1": np.dtype(np.float32),
+    "adam_beta2": np.dtype(np.float32),
+    "n_trained": np.dtype(np.int64),
+    "n_untrained": np.dtype(np.int64),
+    "starting_step": np.dtype(np.int64),
 }
 
-#: safetensors dtype names, in the order save_file lays tensors out (its Dtype enum, largest
-#: first: measured with safetensors 0.8 by saving one tensor of each dtype). Torch dtype
-#: names are looked up by attribute because older torch releases lack the unsigned ones.
-_DTYPE_ORDER: tuple[tuple[str, str], ...] = (
-    ("uint64", "U64"),
-    ("int64", "I64"),
-    ("float64", "F64"),
-    ("complex64", "C64"),
-    ("float32", "F32"),
-    ("uint32", "U32"),
-    ("int32", "I32"),
-    ("bfloat16", "BF16"),
-    ("float16", "F16"),
-    ("uint16", "U16"),
-    ("int16", "I16"),
-    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
-    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
-    ("float8_e4m3fn", "F8_E4M3"),
-    ("float8_e5m2", "F8_E5M2"),
-    ("int8", "I8"),
-    ("uint8", "U8"),
-    ("bool", "BOOL"),
+#: safetensors dtype names with their numpy dtypes (ml_dtypes for bf16 and fp8), in the
+#: order save_file lays tensors out (its Dtype enum, largest first: measured with
+#: safetensors 0.8 by saving one tensor of each dtype).
+_DTYPE_ORDER: tuple[tuple[str, np.dtype], ...] = (
+    ("U64", np.dtype(np.uint64)),
+    ("I64", np.dtype(np.int64)),
+    ("F64", np.dtype(np.float64)),
+    ("C64", np.dtype(np.complex64)),
+    ("F32", np.dtype(np.float32)),
+    ("U32", np.dtype(np.uint32)),
+    ("I32", np.dtype(np.int32)),
+    ("BF16", BF16),
+    ("F16", np.dtype(np.float16)),
+    ("U16", np.dtype(np.uint16)),
+    ("I16", np.dtype(np.int16)),
+    ("F8_E5M2FNUZ", np.dtype(ml_dtypes.float8_e5m2fnuz)),
+    ("F8_E4M3FNUZ", np.dtype(ml_dtypes.float8_e4m3fnuz)),
+    ("F8_E4M3", np.dtype(ml_dtypes.float8_e4m3fn)),
+    ("F8_E5M2", np.dtype(ml_dtypes.float8_e5m2)),
+    ("I8", np.dtype(np.int8)),
+    ("U8", np.dtype(np.uint8)),
+    ("BOOL", np.dtype(np.bool_)),
 )
-_DTYPE_NAMES: dict[torch.dtype, str] = {
-    getattr(torch, attr): name for attr, name in _DTYPE_ORDER if hasattr(torch, attr)
-}
-_DTYPE_RANK = {name: rank for rank, name in enumerate(_DTYPE_NAMES.values())}
-_TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+_DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in _DTYPE_ORDER}
+_DTYPE_RANK = {name: rank for rank, (name, _) in enumerate(_DTYPE_ORDER)}
+_NUMPY_DTYPES = dict(_DTYPE_ORDER)
 
 
-def safetensors_dtype(dtype: torch.dtype) -> str:
-    """The safetensors name of a torch dtype ("BF16", "F32", …)."""
+def safetensors_dtype(dtype: np.dtype) -> str:
+    """The safetensors name of a numpy dtype ("BF16", "F32", …)."""
     try:
-        return _DTYPE_NAMES[dtype]
+        return _DTYPE_NAMES[np.dtype(dtype)]
     except KeyError:
         raise ValueError(f"safetensors cannot hold {dtype}") from None
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a safetensors dtype name."""
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a safetensors dtype name."""
     try:
-        return _TORCH_DTYPES[name]
+        return _NUMPY_DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown safetensors dtype {name!r}") from None
 
@@ -92,7 +93,7 @@ class TensorEntry:
     """One tensor of the file: its name, dtype, full shape, and where its bytes lie."""
 
     name: str
-    dtype: torch.dtype
+    dtype: np.dtype
     shape: tuple[int, ...]
     begin: int = 0
 
@@ -187,7 +188,7 @@ def decode_header(file: BinaryIO, file_size: int) -> FileLayout:
 
 def _entry(name: str, info: Any) -> TensorEntry:
     try:
-        dtype = torch_dtype(info["dtype"])
+        dtype = numpy_dtype(info["dtype"])
         shape = tuple(info["shape"])
         begin, end = info["data_offsets"]
     except (TypeError, KeyError, ValueError) as exc:

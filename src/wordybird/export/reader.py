@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from wordybird.errors import WordybirdError
 from wordybird.export.layout import (
@@ -36,8 +35,7 @@ from wordybird.export.layout import (
     decode_header,
     read_index,
 )
-from wordybird.recorder.format import STEPS_FIELD
-from wordybird.recorder.reader import Recording
+from wordybird.recording import STEPS_FIELD, Index, Recording
 
 
 class SafetensorsRecording(Recording):
@@ -60,7 +58,7 @@ class SafetensorsRecording(Recording):
         self._lock = threading.Lock()  # seek + readinto pairs; the export reads on a thread
         try:
             self._layout = self._decode()
-            self._steps = self._read_entry(self._entry(STEPS_FIELD)).numpy().astype(np.int64)
+            self._steps = self._read_entry(self._entry(STEPS_FIELD)).astype(np.int64)
             self._metadata = self._read_metadata()
         except BaseException:
             self.close()
@@ -82,7 +80,7 @@ class SafetensorsRecording(Recording):
             raise WordybirdError(
                 f"{self.path} is a safetensors file but not a recording (no {STEPS_FIELD!r})"
             )
-        if len(steps.shape) != 1 or steps.dtype != torch.int64:
+        if len(steps.shape) != 1 or steps.dtype != np.int64:
             raise WordybirdError(
                 f"{self.path}: {STEPS_FIELD!r} must be a 1-d int64 tensor, it is "
                 f"{steps.dtype} of shape {list(steps.shape)}"
@@ -113,26 +111,26 @@ class SafetensorsRecording(Recording):
     def step_shape(self, field: str) -> tuple[int, ...]:
         return self._entry(self._field(field)).shape[1:]
 
-    def dtype(self, field: str) -> torch.dtype:
+    def numpy_dtype(self, field: str) -> np.dtype:
         return self._entry(self._field(field)).dtype
 
     def nbytes_on_disk(self, field: str) -> int:
         """Bytes of ``field`` in the file (safetensors stores them uncompressed)."""
         return self._entry(self._field(field)).nbytes
 
-    def read(self, field: str, index: int | slice) -> torch.Tensor:
+    def read_numpy(self, field: str, index: Index) -> np.ndarray:
         entry = self._entry(self._field(field))
         if isinstance(index, slice):
             start, stop, _ = index.indices(len(self._steps))
             return self._read_entry(entry, start, max(start, stop))
-        return self._read_entry(entry, index, index + 1)[0]
+        return self._read_entry(entry, index, index + 1)[0, ...]  # 0-d steps stay arrays
 
     def close(self) -> None:
         self._file.close()
 
     def _read_entry(
         self, entry: TensorEntry, start: int = 0, stop: int | None = None
-    ) -> torch.Tensor:
+    ) -> np.ndarray:
         """Rows ``start:stop`` of a tensor (the whole of a 0-d one), read from the file."""
         row_shape = entry.shape[1:]
         if entry.shape:
@@ -141,10 +139,10 @@ class SafetensorsRecording(Recording):
         else:
             shape = ()
         row_nbytes = math.prod(row_shape) * entry.dtype.itemsize
-        out = torch.empty(shape, dtype=entry.dtype)
-        if out.numel():  # read straight into the tensor's memory: no second copy
+        out = np.empty(shape, dtype=entry.dtype)
+        if out.size:  # read straight into the array's memory: no second copy
             offset = self._layout.data_start + entry.begin + start * row_nbytes
-            self._read_into(memoryview(out.reshape(-1).view(torch.uint8).numpy()), offset)
+            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), offset)
         return out
 
     def _read_into(self, view: memoryview, offset: int) -> None:
@@ -197,8 +195,8 @@ class SplitSafetensorsRecording(Recording):
                         "the files do not belong together"
                     )
                 if part.fields != self._parts[0].fields or any(
-                    (part.step_shape(f), part.dtype(f))
-                    != (self._parts[0].step_shape(f), self._parts[0].dtype(f))
+                    (part.step_shape(f), part.numpy_dtype(f))
+                    != (self._parts[0].step_shape(f), self._parts[0].numpy_dtype(f))
                     for f in part.fields
                 ):
                     raise WordybirdError(
@@ -235,8 +233,8 @@ class SplitSafetensorsRecording(Recording):
     def step_shape(self, field: str) -> tuple[int, ...]:
         return self._parts[0].step_shape(field)
 
-    def dtype(self, field: str) -> torch.dtype:
-        return self._parts[0].dtype(field)
+    def numpy_dtype(self, field: str) -> np.dtype:
+        return self._parts[0].numpy_dtype(field)
 
     def nbytes_on_disk(self, field: str) -> int:
         return sum(part.nbytes_on_disk(field) for part in self._parts)
@@ -244,21 +242,23 @@ class SplitSafetensorsRecording(Recording):
     def size_on_disk(self) -> int:
         return self.path.stat().st_size + sum(part.size_on_disk() for part in self._parts)
 
-    def read(self, field: str, index: int | slice) -> torch.Tensor:
+    def read_numpy(self, field: str, index: Index) -> np.ndarray:
         if not isinstance(index, slice):
             part = bisect.bisect_right(self._bounds, index) - 1
-            return self._parts[part].read(field, index - self._bounds[part])
+            return self._parts[part].read_numpy(field, index - self._bounds[part])
         start, stop, _ = index.indices(len(self._steps))
         pieces = [
-            self._parts[part].read(field, slice(max(start, begin) - begin, min(stop, end) - begin))
+            self._parts[part].read_numpy(
+                field, slice(max(start, begin) - begin, min(stop, end) - begin)
+            )
             for part, (begin, end) in enumerate(
                 zip(self._bounds[:-1], self._bounds[1:], strict=True)
             )
             if max(start, begin) < min(stop, end)
         ]
         if not pieces:
-            return self._parts[0].read(field, slice(0, 0))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            return self._parts[0].read_numpy(field, slice(0, 0))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def close(self) -> None:
         for part in self._parts:
@@ -273,15 +273,15 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-def _python_number(tensor: torch.Tensor) -> int | float | bool:
+def _python_number(value: np.ndarray) -> int | float | bool:
     """A 0-d tensor as the Python number it was written from.
 
     A float32 scalar is read back through its shortest decimal form, so a learning rate
     exported from ``0.001`` reads as ``0.001`` (not 0.0010000000474974513) and compares
     equal to the Zarr store's metadata.
     """
-    if tensor.dtype == torch.float32:
-        return float(str(tensor.numpy()[()]))
-    if tensor.dtype.is_floating_point:
-        return tensor.double().item()
-    return tensor.item()
+    if value.dtype == np.float32:
+        return float(str(value[()]))
+    if value.dtype.kind in "iub":
+        return value.item()
+    return float(value.astype(np.float64))

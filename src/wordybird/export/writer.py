@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+import wordybird
 from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.export.layout import (
     SCALAR_METADATA,
@@ -48,8 +48,9 @@ from wordybird.export.layout import (
     read_index,
 )
 from wordybird.recorder.check import find_damage
-from wordybird.recorder.format import STEPS_FIELD, RecordingStore
-from wordybird.recorder.reader import Recording, ZarrRecording, open_recording
+from wordybird.recorder.format import RecordingStore
+from wordybird.recorder.reader import ZarrRecording
+from wordybird.recording import STEPS_FIELD, Recording
 
 #: Steps read from the store at once: a field's block of consecutive steps holds at most this
 #: many bytes (one step of a large field; all steps of a small one, in one store read).
@@ -120,28 +121,28 @@ def select_fields(rec: Recording, fields: Iterable[str] | str | None) -> list[st
 
 def split_metadata(
     metadata: Mapping[str, Any], taken: Iterable[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The notebook's scalars as 0-d tensors, and everything else JSON-encoded for the header.
 
     A scalar entry that is not a number of its kind (or whose name a field already uses)
     stays in the header metadata rather than being coerced.
     """
     taken = set(taken)
-    scalars: dict[str, torch.Tensor] = {}
+    scalars: dict[str, np.ndarray] = {}
     provenance: dict[str, str] = {}
     for key, value in metadata.items():
         dtype = SCALAR_METADATA.get(key)
         if dtype is not None and key not in taken and _fits(value, dtype):
-            scalars[key] = torch.tensor(value, dtype=dtype)
+            scalars[key] = np.asarray(value, dtype=dtype)
         else:
             provenance[key] = json.dumps(value)
     return scalars, provenance
 
 
-def _fits(value: Any, dtype: torch.dtype) -> bool:
+def _fits(value: Any, dtype: np.dtype) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return dtype.is_floating_point or isinstance(value, int) or value.is_integer()
+    return dtype.kind == "f" or isinstance(value, int) or value.is_integer()
 
 
 def export_safetensors(
@@ -189,7 +190,7 @@ def export_safetensors(
     if not split:
         _check_destination(out, overwrite)
     owned = not isinstance(recording_or_path, Recording)
-    rec = open_recording(recording_or_path) if owned else recording_or_path
+    rec = wordybird.open(recording_or_path) if owned else recording_or_path
     try:
         positions: Sequence[int] = select_positions(rec, steps)
         chosen = select_fields(rec, fields)
@@ -222,17 +223,17 @@ class _FilePlan:
         rec: Recording,
         positions: Sequence[int],
         chosen: list[str],
-        scalars: dict[str, torch.Tensor],
+        scalars: dict[str, np.ndarray],
         provenance: dict[str, str],
     ) -> None:
         self.rec, self.positions, self.chosen = rec, positions, chosen
         self.scalars, self.provenance = scalars, provenance
         recorded = rec.steps[np.asarray(positions, dtype=np.int64)]
-        self.tensors = {STEPS_FIELD: torch.from_numpy(np.ascontiguousarray(recorded)), **scalars}
+        self.tensors = {STEPS_FIELD: np.ascontiguousarray(recorded), **scalars}
         entries = [
             *(TensorEntry(name, v.dtype, tuple(v.shape)) for name, v in self.tensors.items()),
             *(
-                TensorEntry(name, rec.dtype(name), (len(positions), *rec.step_shape(name)))
+                TensorEntry(name, rec.numpy_dtype(name), (len(positions), *rec.step_shape(name)))
                 for name in chosen
             ),
         ]
@@ -346,16 +347,16 @@ def parse_size(size: int | str) -> int:
 
 def _blocks(
     rec: Recording, field: str, positions: Sequence[int]
-) -> Iterator[Callable[[], torch.Tensor]]:
+) -> Iterator[Callable[[], np.ndarray]]:
     """Reads of ``field`` over ``positions`` in blocks of at most BLOCK_BYTES (one step min),
     each a slice of consecutive positions."""
-    step_nbytes = max(1, int(np.prod(rec.step_shape(field))) * rec.dtype(field).itemsize)
+    step_nbytes = max(1, int(np.prod(rec.step_shape(field))) * rec.numpy_dtype(field).itemsize)
     per_block = max(1, BLOCK_BYTES // step_nbytes)
     for _, run in itertools.groupby(enumerate(positions), key=lambda item: item[1] - item[0]):
         consecutive = [position for _, position in run]
         for start in range(0, len(consecutive), per_block):
             block = consecutive[start : start + per_block]
-            yield partial(rec[field].__getitem__, slice(block[0], block[-1] + 1))
+            yield partial(rec[field].numpy, slice(block[0], block[-1] + 1))
 
 
 def _readable(
@@ -374,10 +375,10 @@ def _readable(
     return kept, [int(rec.steps[p]) for p in positions if p in bad]
 
 
-def _read_ahead(jobs: Iterator[Callable[[], torch.Tensor]]) -> Iterator[torch.Tensor]:
+def _read_ahead(jobs: Iterator[Callable[[], np.ndarray]]) -> Iterator[np.ndarray]:
     """Run the reads on one worker thread, READ_AHEAD blocks ahead of the consumer."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wordybird-export") as pool:
-        pending: deque[Future[torch.Tensor]] = deque()
+        pending: deque[Future[np.ndarray]] = deque()
         try:
             for job in jobs:
                 pending.append(pool.submit(job))
@@ -390,9 +391,12 @@ def _read_ahead(jobs: Iterator[Callable[[], torch.Tensor]]) -> Iterator[torch.Te
                 future.cancel()
 
 
-def _bytes_of(tensor: torch.Tensor) -> memoryview:
-    """A tensor's bytes in memory order (little-endian on every platform torch supports)."""
-    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """An array's bytes in row-major order, little-endian as safetensors wants them."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def _write(fd: int, data: memoryview, progress: Callable[[int], None] | None) -> None:

@@ -1,7 +1,24 @@
-"""Streaming recorder: snapshot → bounded queue → background Zarr writes; and its reader."""
+"""Streaming recorder: snapshot → bounded queue → background Zarr writes; and its reader.
 
-from wordybird.errors import WordybirdError
-from wordybird.recorder.reader import FieldView, Recording, ZarrRecording
-from wordybird.recorder.writer import StreamingRecorder
+``StreamingRecorder`` (torch) and ``ZarrRecording`` (numpy) are imported on first use, so
+reading a store never imports torch.
+"""
 
-__all__ = ["FieldView", "Recording", "StreamingRecorder", "WordybirdError", "ZarrRecording"]
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StreamingRecorder":
+        from wordybird.recorder.writer import StreamingRecorder
+
+        return StreamingRecorder
+    if name == "ZarrRecording":
+        from wordybird.recorder.reader import ZarrRecording
+
+        return ZarrRecording
+    raise AttributeError(f"module 'wordybird.recorder' has no attribute {name!r}")
+
+
+__all__ = ["StreamingRecorder", "ZarrRecording"]

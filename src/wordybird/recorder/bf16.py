@@ -13,14 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import ml_dtypes
 import numpy as np
-import torch
 from zarr.core.dtype import data_type_registry
 from zarr.core.dtype.common import DataTypeValidationError
 from zarr.core.dtype.npy.float import BaseFloat
 
-BF16_NUMPY: np.dtype = np.dtype(ml_dtypes.bfloat16)
+from wordybird.dtypes import BF16 as BF16_NUMPY
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,41 +59,3 @@ class BFloat16(BaseFloat):  # type: ignore[type-arg]
 
 if BFloat16._zarr_v3_name not in data_type_registry.contents:
     data_type_registry.register(BFloat16._zarr_v3_name, BFloat16)
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    """The numpy dtype for a dtype name as recorded in a store header."""
-    return BF16_NUMPY if name == "bfloat16" else np.dtype(name)
-
-
-def dtype_name(dtype: np.dtype) -> str:
-    """The portable name of a numpy dtype ("bfloat16", "float32", "int64", …)."""
-    return "bfloat16" if dtype == BF16_NUMPY else np.dtype(dtype).name
-
-
-def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A CPU tensor's data as a numpy array sharing its memory; bf16 as ml_dtypes.bfloat16."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(BF16_NUMPY)
-    return tensor.numpy()
-
-
-def numpy_to_torch(array: np.ndarray) -> torch.Tensor:
-    """A numpy array as a torch tensor sharing its memory; ml_dtypes.bfloat16 as bf16."""
-    if array.dtype == BF16_NUMPY:
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
-
-
-def numpy_dtype_of(dtype: torch.dtype) -> np.dtype:
-    """The numpy dtype holding a torch dtype's values bit for bit."""
-    if dtype == torch.bfloat16:
-        return BF16_NUMPY
-    return torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def torch_dtype_of(dtype: np.dtype) -> torch.dtype:
-    """The torch dtype for a numpy dtype (ml_dtypes.bfloat16 → torch.bfloat16)."""
-    if dtype == BF16_NUMPY:
-        return torch.bfloat16
-    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype

@@ -35,12 +35,13 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
+from wordybird import dtypes
 from wordybird.errors import DamagedRecordingError, WordybirdError
-from wordybird.recorder import bf16
+from wordybird.recorder import bf16  # noqa: F401  (registers the Zarr bfloat16 type)
+from wordybird.recording import STEPS_FIELD
 
 FORMAT_NAME = "wordybird.recording"
 FORMAT_VERSION = 1
-STEPS_FIELD = "recorded_steps"
 
 Mode = Literal["default", "compact"]
 Encoding = Literal["raw", "delta"]
@@ -76,7 +77,7 @@ class FieldSpec:
 
     @property
     def numpy_dtype(self) -> np.dtype:
-        return bf16.numpy_dtype(self.dtype)
+        return dtypes.numpy_dtype(self.dtype)
 
     @property
     def stored_dtype(self) -> np.dtype:
@@ -165,7 +166,7 @@ def field_specs_for(arrays: Mapping[str, np.ndarray], mode: Mode) -> dict[str, F
         check_field_name(name)
         big = value.nbytes > SMALL_STEP_BYTES
         encoding: Encoding = "delta" if mode == "compact" and big else "raw"
-        specs[name] = FieldSpec(name, bf16.dtype_name(value.dtype), tuple(value.shape), encoding)
+        specs[name] = FieldSpec(name, dtypes.dtype_name(value.dtype), tuple(value.shape), encoding)
     return specs
 
 

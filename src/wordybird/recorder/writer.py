@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from wordybird.dtypes import from_torch, numpy_dtype_of, torch_dtype_of
 from wordybird.errors import WordybirdError
-from wordybird.recorder.bf16 import numpy_dtype_of, torch_dtype_of, torch_to_numpy
 from wordybird.recorder.format import (
     FieldSpec,
     Mode,
@@ -307,7 +307,7 @@ class StreamingRecorder:
             snapshot.ready.synchronize()
         if not self._store.fields:
             self._store.define_fields(self._specs)
-        arrays = {name: torch_to_numpy(buf) for name, buf in snapshot.buffers.items()}
+        arrays = {name: from_torch(buf) for name, buf in snapshot.buffers.items()}
         self._store.append(snapshot.step, arrays)
 
     def _raise_background_error(self) -> None:
@@ -347,7 +347,7 @@ def _copy_into(buffer: torch.Tensor, value: torch.Tensor) -> None:
     notebook-sized step (benchmarks/bench_recorder.py).
     """
     if value.device.type == "cpu":
-        np.copyto(torch_to_numpy(buffer), torch_to_numpy(value))
+        np.copyto(from_torch(buffer), from_torch(value))
     else:
         buffer.copy_(value, non_blocking=value.is_cuda)
 

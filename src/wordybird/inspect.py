@@ -1,5 +1,8 @@
 """What a recording holds, at a glance: ``wordybird inspect PATH`` for a store or an export.
 
+It reads through the :class:`~wordybird.recording.Recording` interface in numpy, so it
+answers without importing torch.
+
 The report is a plain JSON-able dict (``--json`` prints it as is) so scripts can check a
 recording without parsing text; :func:`format_report` renders it for people.
 """
@@ -9,12 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 from typing import Any
 
-import torch
+import click
+import numpy as np
 
+import wordybird
 from wordybird.export.reader import SplitSafetensorsRecording
-from wordybird.recorder.reader import Recording, ZarrRecording, open_recording
+from wordybird.recorder.reader import ZarrRecording
+from wordybird.recording import Recording
 
 #: The per-step loss field of a training recording (the initial state's loss is NaN).
 LOSS_FIELD = "losses"
@@ -22,7 +29,7 @@ LOSS_FIELD = "losses"
 
 def inspect_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A summary of the recording at ``path``: layout, steps, sizes, compression, loss."""
-    with open_recording(path) as rec:
+    with wordybird.open(path) as rec:
         steps = rec.steps
         report: dict[str, Any] = {
             "path": str(rec.path),
@@ -48,11 +55,11 @@ def inspect_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _field_report(rec: Recording, name: str) -> dict[str, Any]:
     view = rec[name]
-    raw = math.prod(view.shape) * view.dtype.itemsize
+    raw = math.prod(view.shape) * view.numpy_dtype.itemsize
     entry: dict[str, Any] = {
         "name": name,
         "shape": list(view.shape),
-        "dtype": str(view.dtype).removeprefix("torch."),
+        "dtype": str(view.numpy_dtype),
         "raw_bytes": raw,
     }
     if isinstance(rec, ZarrRecording):
@@ -66,17 +73,17 @@ def _loss_report(rec: Recording) -> dict[str, Any] | None:
     """First, last and lowest loss over the steps that have one (the initial state has NaN)."""
     if LOSS_FIELD not in rec or rec.step_shape(LOSS_FIELD) != () or not len(rec):
         return None
-    losses = rec[LOSS_FIELD][:].double()
-    known = torch.nonzero(~torch.isnan(losses)).flatten()
+    losses = rec[LOSS_FIELD].numpy(slice(None)).astype(np.float64)
+    known = np.flatnonzero(~np.isnan(losses))
     if not len(known):
         return None
     steps = rec.steps
-    lowest = int(known[torch.argmin(losses[known])])
+    lowest = int(known[np.argmin(losses[known])])
     first, last = int(known[0]), int(known[-1])
     return {
-        "first": {"step": int(steps[first]), "value": losses[first].item()},
-        "last": {"step": int(steps[last]), "value": losses[last].item()},
-        "min": {"step": int(steps[lowest]), "value": losses[lowest].item()},
+        "first": {"step": int(steps[first]), "value": float(losses[first])},
+        "last": {"step": int(steps[last]), "value": float(losses[last])},
+        "min": {"step": int(steps[lowest]), "value": float(losses[lowest])},
     }
 
 
@@ -133,3 +140,12 @@ def _human(nbytes: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} GB"
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show what PATH (a Zarr recording, an exported file or a split export) holds."""
+    report = inspect_recording(path)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
