@@ -19,8 +19,6 @@ import click
 import numpy as np
 
 import wordybird
-from wordybird.export.reader import SplitSafetensorsRecording
-from wordybird.recorder.reader import ZarrRecording
 from wordybird.recording import Recording
 
 #: The per-step loss field of a training recording (the initial state's loss is NaN).
@@ -44,12 +42,7 @@ def inspect_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
             "loss": _loss_report(rec),
             "metadata": rec.metadata,
         }
-        if isinstance(rec, SplitSafetensorsRecording):
-            report["files"] = [str(path) for path in rec.files]
-        if isinstance(rec, ZarrRecording):
-            report["mode"] = rec.mode
-            report["committed"] = len(steps)
-            report["uncommitted"] = rec.uncommitted
+        report.update(rec.details())
     return report
 
 
@@ -62,7 +55,7 @@ def _field_report(rec: Recording, name: str) -> dict[str, Any]:
         "dtype": str(view.numpy_dtype),
         "raw_bytes": raw,
     }
-    if isinstance(rec, ZarrRecording):
+    if rec.format == "zarr":  # compressed: worth a ratio
         on_disk = rec.nbytes_on_disk(name)
         entry["bytes_on_disk"] = on_disk
         entry["compression_ratio"] = raw / on_disk if on_disk else None

@@ -133,6 +133,10 @@ class Recording(ABC):
         """:meth:`read_numpy` as a torch tensor."""
         return to_torch(self.read_numpy(field, index))
 
+    def details(self) -> dict[str, Any]:
+        """Facts particular to this form of recording, for ``wordybird inspect``."""
+        return {}
+
     def size_on_disk(self) -> int:
         """Bytes the recording takes on disk (every file of a store)."""
         if self.path.is_dir():

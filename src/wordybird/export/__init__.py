@@ -13,8 +13,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-from wordybird.export.writer import export_safetensors
-
 
 class _CallableModule(types.ModuleType):
     """``wordybird.export`` is both this package and the export function: Python binds a
@@ -23,7 +21,17 @@ class _CallableModule(types.ModuleType):
     name for one job."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        from wordybird.export.writer import export_safetensors
+
         return export_safetensors(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # the writer (and zarr with it) loads on first use: reading an export needs neither
+        if name == "export_safetensors":
+            from wordybird.export.writer import export_safetensors
+
+            return export_safetensors
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -218,6 +218,9 @@ class SplitSafetensorsRecording(Recording):
         """The files of the export, in step order."""
         return [part.path for part in self._parts]
 
+    def details(self) -> dict[str, Any]:
+        return {"files": [str(path) for path in self.files]}
+
     @property
     def steps(self) -> np.ndarray:
         return self._steps

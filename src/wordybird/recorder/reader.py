@@ -56,6 +56,9 @@ class ZarrRecording(Recording):
         """Positions written past the last commit (a step in flight, or a crash's leftover)."""
         return self._store.uncommitted
 
+    def details(self) -> dict[str, Any]:
+        return {"mode": self.mode, "committed": len(self._steps), "uncommitted": self.uncommitted}
+
     def step_shape(self, field: str) -> tuple[int, ...]:
         return self._spec(field).shape
 
