@@ -16,23 +16,16 @@ from safetensors.torch import save_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.analysis.hops import (
-    COLUMNS,
-    MASKS_FILENAME,
-    AdamSettings,
-    analyze,
-    freeze_step,
-    learning_rates,
-    load_masks,
-    optimizer_steps,
-)
+from wordybird.analysis.hops import COLUMNS, analyze, freeze_step
 from wordybird.analysis.lattice import (
     from_ordered_int,
     ordered_int,
     spacing_toward,
     ulp_distance,
 )
+from wordybird.analysis.masks import MASKS_FILENAME, load_masks
 from wordybird.analysis.report import explanation, format_report
+from wordybird.analysis.run_inputs import AdamSettings, learning_rates, optimizer_steps
 
 V, D = 40, 8
 UNTRAINED = torch.arange(0, 16)  # rows 0..15 never occur in the "corpus"

@@ -6,8 +6,9 @@
 - :func:`ulp_distance`, :func:`spacing_toward` — the bf16 lattice itself.
 """
 
-from wordybird.analysis.hops import Analysis, TokenMasks, analyze, default_masks_path, load_masks
+from wordybird.analysis.hops import Analysis, analyze
 from wordybird.analysis.lattice import spacing_toward, ulp_distance
+from wordybird.analysis.masks import TokenMasks, default_masks_path, load_masks
 
 __all__ = [
     "Analysis",

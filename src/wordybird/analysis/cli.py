@@ -9,8 +9,10 @@ import click
 import wordybird
 from wordybird.analysis import hops
 from wordybird.analysis.hops import DEFAULT_THRESHOLD, Analysis
+from wordybird.analysis.masks import default_masks_path, load_masks
 from wordybird.analysis.plots import write_plots
 from wordybird.analysis.report import format_report, write_outputs
+from wordybird.analysis.run_inputs import embeddings_shape
 
 
 def _analyze_path(
@@ -19,11 +21,11 @@ def _analyze_path(
     """Open one recording, find its masks and analyse it."""
     with wordybird.open(path) as recording:
         if masks_path is None:
-            masks_path = hops.default_masks_path(path)
+            masks_path = default_masks_path(path)
             if not masks_path.is_file() and fallback_masks is not None:
                 masks_path = fallback_masks
-        vocab_size, _ = hops.embeddings_shape(recording)
-        masks = hops.load_masks(masks_path, vocab_size)
+        vocab_size, _ = embeddings_shape(recording)
+        masks = load_masks(masks_path, vocab_size)
         return hops.analyze(recording, masks, threshold=threshold, progress=True)
 
 

@@ -25,21 +25,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from wordybird.analysis.lattice import ordered_int, spacing_toward
+from wordybird.analysis.masks import GROUPS, TokenMasks
+from wordybird.analysis.run_inputs import (
+    AdamSettings,
+    embeddings_shape,
+    learning_rates,
+    optimizer_steps,
+)
 from wordybird.errors import WordybirdError
 from wordybird.recording import Recording
 
-GROUPS: tuple[str, ...] = ("untrained", "trained")
-MASKS_FILENAME = "token_masks.safetensors"
 DEFAULT_THRESHOLD = 1e-3
-#: torch.optim.Adam(W)'s defaults, which the Trainer passes through unless told otherwise.
-DEFAULT_BETA1 = 0.9
-DEFAULT_BETA2 = 0.999
-DEFAULT_EPSILON = 1e-8
 
 #: Per-group statistics, in column order; each becomes ``<group>_<name>`` in a record,
 #: except the predicted fraction, which is ``predicted_<group>_hop_fraction``.
@@ -78,156 +77,6 @@ COLUMNS: tuple[str, ...] = (
     "untrained_centroid_norm",
     "untrained_radius",
 )
-
-
-@dataclass(frozen=True)
-class TokenMasks:
-    """Which embedding rows belong to trained and to untrained tokens (int64 indices)."""
-
-    path: Path
-    untrained: torch.Tensor
-    trained: torch.Tensor
-
-
-def default_masks_path(recording_path: str | os.PathLike[str]) -> Path:
-    """Where training leaves the masks: ``token_masks.safetensors`` beside the recording."""
-    return Path(recording_path).parent / MASKS_FILENAME
-
-
-def load_masks(path: str | os.PathLike[str], vocab_size: int) -> TokenMasks:
-    """Read ``trained_mask``/``untrained_mask`` (or the ``*_indices``) for a vocabulary.
-
-    The boolean masks are the reference (the notebook's file has both forms); the index
-    lists are accepted alone. Masks that do not fit the recording's vocabulary, or that put
-    a token in both groups, are refused: every number downstream would be silently wrong.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WordybirdError(
-            f"token masks {path} not found; pass --masks FILE (a safetensors file with "
-            "trained_mask/untrained_mask, as training writes beside the recording)"
-        )
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WordybirdError(f"cannot read token masks {path}: {exc}") from exc
-    indices: dict[str, torch.Tensor] = {}
-    for group in GROUPS:
-        mask, idx = tensors.get(f"{group}_mask"), tensors.get(f"{group}_indices")
-        if mask is not None:
-            if mask.dim() != 1 or mask.numel() != vocab_size:
-                raise WordybirdError(
-                    f"{path}: {group}_mask has shape {tuple(mask.shape)}, but the recording's "
-                    f"embeddings have {vocab_size} rows"
-                )
-            indices[group] = torch.nonzero(mask.bool(), as_tuple=False).flatten().to(torch.int64)
-        elif idx is not None:
-            idx = idx.flatten().to(torch.int64)
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
-                raise WordybirdError(
-                    f"{path}: {group}_indices range over {int(idx.min())}..{int(idx.max())}, "
-                    f"outside the recording's vocabulary of {vocab_size}"
-                )
-            indices[group] = torch.unique(idx)
-        else:
-            raise WordybirdError(f"{path} has neither {group}_mask nor {group}_indices")
-    if np.intersect1d(indices["trained"].numpy(), indices["untrained"].numpy()).size:
-        raise WordybirdError(f"{path}: some tokens are marked both trained and untrained")
-    return TokenMasks(path, untrained=indices["untrained"], trained=indices["trained"])
-
-
-@dataclass(frozen=True)
-class AdamSettings:
-    """The optimizer's constants, from the run's metadata (torch's defaults when absent)."""
-
-    beta1: float = DEFAULT_BETA1
-    beta2: float = DEFAULT_BETA2
-    epsilon: float = DEFAULT_EPSILON
-    weight_decay: float = 0.0
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any]) -> AdamSettings:
-        """Top-level entries (the notebook's scalars) first, then ``hyperparameters``."""
-        nested = metadata.get("hyperparameters")
-        nested = nested if isinstance(nested, dict) else {}
-
-        def value(key: str, default: float) -> float:
-            return float(metadata.get(key, nested.get(key, default)))
-
-        return cls(
-            beta1=value("adam_beta1", DEFAULT_BETA1),
-            beta2=value("adam_beta2", DEFAULT_BETA2),
-            epsilon=value("adam_epsilon", DEFAULT_EPSILON),
-            weight_decay=value("weight_decay", 0.0),
-        )
-
-
-def learning_rates(recording: Recording) -> tuple[np.ndarray | None, str]:
-    """Each position's learning rate (the one its optimizer step used) and where it came from.
-
-    The recorded ``learning_rates`` field is used when present. Otherwise the metadata's
-    ``learning_rate`` is decayed as the Trainer's default linear schedule (no warmup unless
-    ``warmup_steps`` says so) does: the k-th optimizer step of the run (k = step -
-    starting_step) runs at ``lr · (N - (k-1)) / N``, reaching 0 at ``N = max_steps``; without
-    ``max_steps`` the recording is taken to cover the whole run.
-    """
-    steps = recording.steps
-    if "learning_rates" in recording.fields:
-        values = recording.read("learning_rates", slice(0, len(steps)))
-        return values.to(torch.float64).reshape(len(steps)).numpy(), "recorded field learning_rates"
-    metadata = recording.metadata
-    if "learning_rate" not in metadata:
-        return None, "unknown (no learning_rates field and no learning_rate in the metadata)"
-    base = float(metadata["learning_rate"])
-    start = int(metadata.get("starting_step", steps[0] if len(steps) else 0))
-    horizon = metadata.get("max_steps")
-    total = int(horizon) if horizon is not None else int(steps[-1]) - start
-    warmup = int(metadata.get("warmup_steps", 0))
-    current = np.maximum(steps - start - 1, 0).astype(np.float64)  # the scheduler's step count
-    if warmup > 0:
-        factor = np.where(
-            current < warmup,
-            current / warmup,
-            np.maximum(0.0, (total - current) / max(1, total - warmup)),
-        )
-    else:
-        factor = np.maximum(0.0, (total - current) / max(1, total))
-    where = f"max_steps={total}" if horizon is not None else f"the last recorded step ({total})"
-    return base * factor, (
-        f"metadata learning_rate={base:g} with the Trainer's linear decay to 0 at {where}"
-        + (f" after {warmup} warmup steps" if warmup else "")
-    )
-
-
-def optimizer_steps(recording: Recording) -> tuple[np.ndarray, str]:
-    """Adam's step count t after each recorded step, for the bias corrections.
-
-    The recorded momentum/variance are the state *after* the step, so t is the number of
-    optimizer steps the state has taken. In order of precedence:
-
-    - metadata ``optimizer_step_offset`` (the steps a restored state had already taken):
-      ``t = step - starting_step + offset``;
-    - a ``wordybird continue`` run that kept the checkpoint's Adam state (metadata
-      ``run.continued_from`` set, ``run.fresh_optimizer`` false): its step numbers continue
-      the original run's, whose optimizer started at step 0, so ``t = step``;
-    - otherwise the optimizer started fresh at ``starting_step`` (a fresh run, or the
-      notebook's continuation, whose ``from_pretrained`` restored weights only):
-      ``t = step - starting_step``.
-    """
-    metadata = recording.metadata
-    steps = recording.steps
-    start = int(metadata.get("starting_step", steps[0] if len(steps) else 0))
-    run = metadata.get("run") if isinstance(metadata.get("run"), dict) else {}
-    if "optimizer_step_offset" in metadata:
-        offset = int(metadata["optimizer_step_offset"])
-        rule = f"t = step - starting_step ({start}) + optimizer_step_offset ({offset})"
-        return steps - start + offset, rule
-    if run.get("continued_from") and run.get("fresh_optimizer") is False:
-        return steps.copy(), (
-            f"t = step (Adam's state was restored from {run['continued_from']}, so its count "
-            "continues the original run's)"
-        )
-    return steps - start, f"t = step - starting_step ({start})"
 
 
 def freeze_step(steps: np.ndarray, fractions: list[float | None], threshold: float) -> int | None:
@@ -374,32 +223,6 @@ def analyze(
         "initial_untrained_radius": records[0]["untrained_radius"],
     }
     return Analysis(summary["label"], Path(recording.path), records, summary)
-
-
-def embeddings_shape(recording: Recording) -> tuple[int, int]:
-    """The [vocab, dim] of a recording's bf16 embeddings; refuses what cannot be analysed."""
-    if "embeddings" not in recording.fields:
-        raise WordybirdError(
-            f"{recording.path} has no 'embeddings' field (it has {', '.join(recording.fields)}); "
-            "the lattice analysis needs the per-step embedding matrix"
-        )
-    shape = recording.step_shape("embeddings")
-    if len(shape) != 2:
-        raise WordybirdError(
-            f"{recording.path}: 'embeddings' has per-step shape {shape}, expected [vocab, dim]"
-        )
-    if recording.dtype("embeddings") != torch.bfloat16:
-        raise WordybirdError(
-            f"{recording.path}: 'embeddings' are {recording.dtype('embeddings')}, not bfloat16; "
-            "the lattice analysis is about the bf16 lattice"
-        )
-    for name in ("momentum", "variance"):
-        if name in recording.fields and recording.step_shape(name) != shape:
-            raise WordybirdError(
-                f"{recording.path}: {name!r} has per-step shape {recording.step_shape(name)}, "
-                f"but 'embeddings' has {shape}"
-            )
-    return shape[0], shape[1]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,78 @@
+"""Which tokens were trained: the masks ``wordybird masks`` writes and the analysis reads.
+
+A token is *trained* when it occurs in the corpus (its embedding row gets gradient) and
+*untrained* otherwise; the hop statistics are split by these two groups.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from wordybird.errors import WordybirdError
+
+MASKS_FILENAME = "token_masks.safetensors"
+#: The two groups of tokens, in the order statistics are reported.
+GROUPS: tuple[str, ...] = ("untrained", "trained")
+
+
+@dataclass(frozen=True)
+class TokenMasks:
+    """Which embedding rows belong to trained and to untrained tokens (int64 indices)."""
+
+    path: Path
+    untrained: torch.Tensor
+    trained: torch.Tensor
+
+
+def default_masks_path(recording_path: str | os.PathLike[str]) -> Path:
+    """Where training leaves the masks: ``token_masks.safetensors`` beside the recording."""
+    return Path(recording_path).parent / MASKS_FILENAME
+
+
+def load_masks(path: str | os.PathLike[str], vocab_size: int) -> TokenMasks:
+    """Read ``trained_mask``/``untrained_mask`` (or the ``*_indices``) for a vocabulary.
+
+    The boolean masks are the reference (the notebook's file has both forms); the index
+    lists are accepted alone. Masks that do not fit the recording's vocabulary, or that put
+    a token in both groups, are refused: every number downstream would be silently wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WordybirdError(
+            f"token masks {path} not found; pass --masks FILE (a safetensors file with "
+            "trained_mask/untrained_mask, as training writes beside the recording)"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WordybirdError(f"cannot read token masks {path}: {exc}") from exc
+    indices: dict[str, torch.Tensor] = {}
+    for group in GROUPS:
+        mask, idx = tensors.get(f"{group}_mask"), tensors.get(f"{group}_indices")
+        if mask is not None:
+            if mask.dim() != 1 or mask.numel() != vocab_size:
+                raise WordybirdError(
+                    f"{path}: {group}_mask has shape {tuple(mask.shape)}, but the recording's "
+                    f"embeddings have {vocab_size} rows"
+                )
+            indices[group] = torch.nonzero(mask.bool(), as_tuple=False).flatten().to(torch.int64)
+        elif idx is not None:
+            idx = idx.flatten().to(torch.int64)
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
+                raise WordybirdError(
+                    f"{path}: {group}_indices range over {int(idx.min())}..{int(idx.max())}, "
+                    f"outside the recording's vocabulary of {vocab_size}"
+                )
+            indices[group] = torch.unique(idx)
+        else:
+            raise WordybirdError(f"{path} has neither {group}_mask nor {group}_indices")
+    if np.intersect1d(indices["trained"].numpy(), indices["untrained"].numpy()).size:
+        raise WordybirdError(f"{path}: some tokens are marked both trained and untrained")
+    return TokenMasks(path, untrained=indices["untrained"], trained=indices["trained"])
