@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
+from wordybird.export import select as export_select
 from wordybird.export import writer as export_writer
 from wordybird.inspect import format_report, inspect_recording
 
@@ -118,10 +119,10 @@ def test_round_trip_is_bit_exact(
 ) -> None:
     out = wordybird.export(stores[mode], tmp_path / "x.safetensors", steps=steps, fields=fields)
     rec = wordybird.open(stores[mode])
-    start, stop = export_writer.parse_steps(steps) if isinstance(steps, str) else steps or (0, 0)
+    start, stop = export_select.parse_steps(steps) if isinstance(steps, str) else steps or (0, 0)
     keep = (rec.steps >= (start or 0)) & (rec.steps < (stop or 10**9))
     positions = np.flatnonzero(keep)
-    wanted = rec.fields if fields is None else export_writer.select_fields(rec, fields)
+    wanted = rec.fields if fields is None else export_select.select_fields(rec, fields)
     loaded = load_file(out)
     assert set(loaded) == {"recorded_steps", *wanted, *SCALARS}
     assert loaded["recorded_steps"].tolist() == rec.steps[positions].tolist()

@@ -7,35 +7,28 @@ recording), then each tensor's bytes in file order, read from the store a block 
 a time. A reader thread decodes the next blocks while the main thread writes, so the export
 runs at close to the disk's speed with a few blocks of memory.
 
-The file appears under its name only when complete: it is written to a hidden temporary
-file beside the destination, fsynced, then renamed into place. An exception or Ctrl-C
-removes the temporary file; what a ``kill -9`` leaves behind is hidden, never under the
-destination's name, and removed by the next export to that name.
+Every file appears under its name only when complete (``wordybird.atomic``). A split
+export writes its files one by one and its index last.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import itertools
 import json
 import os
-import re
-import secrets
 import shutil
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 import wordybird
+from wordybird.atomic import atomic_file
 from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.export.layout import (
-    SCALAR_METADATA,
     IndexEntry,
     LayoutError,
     SplitIndex,
@@ -47,9 +40,14 @@ from wordybird.export.layout import (
     plan,
     read_index,
 )
-from wordybird.recorder.check import find_damage
-from wordybird.recorder.format import RecordingStore
-from wordybird.recorder.reader import ZarrRecording
+from wordybird.export.select import (
+    StepRange,
+    parse_size,
+    readable_positions,
+    select_fields,
+    select_positions,
+    split_metadata,
+)
 from wordybird.recording import STEPS_FIELD, Recording
 
 #: Steps read from the store at once: a field's block of consecutive steps holds at most this
@@ -58,91 +56,6 @@ BLOCK_BYTES = 8 << 20
 #: Blocks decoded ahead of the writer. One overlaps decoding with writing; a second one
 #: measured no faster (benchmarks/bench_export.py) and cost ~10 MB of peak RSS.
 READ_AHEAD = 1
-#: Permissions of the exported file (before the umask of whoever reads it: it is data).
-FILE_MODE = 0o644
-
-StepRange = tuple[int | None, int | None]
-
-
-def parse_steps(text: str) -> StepRange:
-    """``"START:STOP"`` (either side may be empty) as a half-open step-number range."""
-    start, sep, stop = text.partition(":")
-    if not sep:
-        raise WordybirdError(f"--steps takes START:STOP (STOP excluded), got {text!r}")
-    try:
-        return (int(start) if start.strip() else None, int(stop) if stop.strip() else None)
-    except ValueError:
-        raise WordybirdError(
-            f"--steps takes integer step numbers START:STOP, got {text!r}"
-        ) from None
-
-
-def select_positions(rec: Recording, steps: StepRange | str | None) -> range:
-    """The positions of the recorded steps START <= step < STOP, all of them inside the run.
-
-    A range reaching outside the recorded steps is an error rather than silently clipped:
-    an export is usually meant to hold exactly the asked-for steps.
-    """
-    recorded = rec.steps
-    if not len(recorded):
-        raise WordybirdError(f"{rec.path} has no committed step to export")
-    if steps is None:
-        return range(len(recorded))
-    start, stop = parse_steps(steps) if isinstance(steps, str) else steps
-    first, last = int(recorded[0]), int(recorded[-1])
-    low = first if start is None else start
-    high = last + 1 if stop is None else stop
-    span = f"recorded steps are {first}..{last}"
-    if low < first or high > last + 1:
-        raise WordybirdError(f"step range {low}:{high} reaches outside {rec.path} ({span})")
-    begin = int(np.searchsorted(recorded, low, side="left"))
-    end = int(np.searchsorted(recorded, high, side="left"))
-    if begin >= end:
-        raise WordybirdError(f"step range {low}:{high} holds no recorded step ({span})")
-    return range(begin, end)
-
-
-def select_fields(rec: Recording, fields: Iterable[str] | str | None) -> list[str]:
-    """The per-step fields to export, in recording order; every one when ``fields`` is None."""
-    if fields is None:
-        return list(rec.fields)
-    names = fields.split(",") if isinstance(fields, str) else list(fields)
-    wanted = {name.strip() for name in names if name.strip()} - {STEPS_FIELD}
-    unknown = sorted(wanted - set(rec.fields))
-    if unknown:
-        raise WordybirdError(
-            f"{rec.path} has no field {', '.join(map(repr, unknown))}; "
-            f"it has {', '.join(rec.fields)}"
-        )
-    if not wanted:
-        raise WordybirdError("no field selected to export")
-    return [name for name in rec.fields if name in wanted]
-
-
-def split_metadata(
-    metadata: Mapping[str, Any], taken: Iterable[str]
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The notebook's scalars as 0-d tensors, and everything else JSON-encoded for the header.
-
-    A scalar entry that is not a number of its kind (or whose name a field already uses)
-    stays in the header metadata rather than being coerced.
-    """
-    taken = set(taken)
-    scalars: dict[str, np.ndarray] = {}
-    provenance: dict[str, str] = {}
-    for key, value in metadata.items():
-        dtype = SCALAR_METADATA.get(key)
-        if dtype is not None and key not in taken and _fits(value, dtype):
-            scalars[key] = np.asarray(value, dtype=dtype)
-        else:
-            provenance[key] = json.dumps(value)
-    return scalars, provenance
-
-
-def _fits(value: Any, dtype: np.dtype) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return dtype.kind == "f" or isinstance(value, int) or value.is_integer()
 
 
 def export_safetensors(
@@ -196,7 +109,7 @@ def export_safetensors(
         chosen = select_fields(rec, fields)
         scalars, provenance = split_metadata(rec.metadata, [STEPS_FIELD, *chosen])
         if skip_damaged:
-            positions, skipped = _readable(rec, positions, chosen)
+            positions, skipped = readable_positions(rec, positions, chosen)
             provenance["skipped_damaged_steps"] = json.dumps(skipped)
         full = _FilePlan(rec, positions, chosen, scalars, provenance)
         if not split:
@@ -270,7 +183,7 @@ class _FilePlan:
                 else _blocks(self.rec, entry.name, self.positions)
             )
         )
-        with _atomic_file(out) as fd:
+        with atomic_file(out) as fd:
             _write(fd, memoryview(self.header), progress)
             try:
                 for block in _read_ahead(jobs):
@@ -308,7 +221,7 @@ def _write_split(
         IndexEntry(path.name, part.first_step, part.last_step, len(part.positions), part.size)
         for path, part in zip(paths, parts, strict=True)
     ]
-    with _atomic_file(index) as fd:
+    with atomic_file(index) as fd:
         _write(fd, memoryview(encode_index(SplitIndex(entries, parts[0].chosen))), None)
     for path in replaced:
         path.unlink(missing_ok=True)
@@ -323,28 +236,6 @@ def _listed_files(index: Path) -> set[Path]:
         return set()
 
 
-#: A size in bytes, optionally with a decimal (kB, MB, GB, TB) or binary (KiB … TiB) unit.
-_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*(?:([kmgt])(i?)b?|b?)\s*", re.IGNORECASE)
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or text such as ``4GB``, ``500 MB``, ``2GiB`` or ``1e9``."""
-    if isinstance(size, int):
-        value = size
-    else:
-        match = _SIZE.fullmatch(size)
-        if match is None:
-            raise WordybirdError(
-                f"not a size: {size!r} (give bytes, or a number with kB, MB, GB, MiB, GiB)"
-            )
-        number, prefix, binary = match.groups()
-        power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
-        value = int(float(number) * (1024 if binary else 1000) ** power)
-    if value <= 0:
-        raise WordybirdError(f"a file size must be positive, got {size!r}")
-    return value
-
-
 def _blocks(
     rec: Recording, field: str, positions: Sequence[int]
 ) -> Iterator[Callable[[], np.ndarray]]:
@@ -357,22 +248,6 @@ def _blocks(
         for start in range(0, len(consecutive), per_block):
             block = consecutive[start : start + per_block]
             yield partial(rec[field].numpy, slice(block[0], block[-1] + 1))
-
-
-def _readable(
-    rec: Recording, positions: Sequence[int], chosen: list[str]
-) -> tuple[list[int], list[int]]:
-    """The positions whose exported fields all read, and the step numbers left out."""
-    if not isinstance(rec, ZarrRecording):
-        return list(positions), []  # an export has no checksums to verify
-    bad: set[int] = set()
-    for damage in find_damage(RecordingStore.open(rec.path, read_only=True)):
-        if damage.field in (STEPS_FIELD, *chosen):
-            bad.update(range(damage.first_position, damage.last_position + 1))
-    kept = [p for p in positions if p not in bad]
-    if not kept:
-        raise WordybirdError(f"every selected step of {rec.path} is damaged: nothing to export")
-    return kept, [int(rec.steps[p]) for p in positions if p in bad]
 
 
 def _read_ahead(jobs: Iterator[Callable[[], np.ndarray]]) -> Iterator[np.ndarray]:
@@ -425,56 +300,3 @@ def _check_free_space(out: Path, nbytes: int) -> None:
             f"not enough free disk space for {out}: the export needs {nbytes:,} bytes, "
             f"{out.parent} has {free:,} free"
         )
-
-
-@contextlib.contextmanager
-def _atomic_file(out: Path) -> Iterator[int]:
-    """A file descriptor whose content appears at ``out`` only if the block completes.
-
-    The data goes to a hidden ``.NAME.PID.RANDOM.tmp`` beside ``out`` (same file system, so
-    the final rename is atomic), removed on any exception. A ``kill -9`` cannot clean up;
-    the next export to the same name removes such leftovers of processes no longer alive.
-    """
-    _remove_stale_temporaries(out)
-    temporary = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    except OSError as exc:
-        raise WordybirdError(f"cannot write in {out.parent}: {exc}") from exc
-    try:
-        yield fd
-        os.fsync(fd)
-        os.replace(temporary, out)
-        _fsync_folder(out.parent)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files of earlier exports to ``out`` whose process has died."""
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-        pid = leftover.name[len(out.name) + 2 :].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable: a crash right after must not bring back the old entry."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

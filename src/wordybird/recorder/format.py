@@ -36,6 +36,7 @@ from zarr.storage import LocalStore
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
 from wordybird import dtypes
+from wordybird.atomic import fsync_folder
 from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.recorder import bf16  # noqa: F401  (registers the Zarr bfloat16 type)
 from wordybird.recording import STEPS_FIELD
@@ -247,15 +248,6 @@ def _put_durable(path: Path, value: Buffer) -> None:
         os.fsync(file.fileno())
 
 
-def _fsync_folder(path: Path) -> None:
-    """Flush a folder's entries (the names of files created or renamed in it) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def _all(*steps: Awaitable[Any]) -> None:
     """Await every one of ``steps``, then raise the first failure.
 
@@ -347,7 +339,7 @@ class RecordingStore:
             store = cls(path, group, disk, header, meta)
             store._sync_folders()
             if durable:  # the recording's own name, in the folder that holds it
-                _fsync_folder(path.parent)
+                fsync_folder(path.parent)
         except OSError as exc:
             raise WordybirdError(f"cannot create recording {path}: {exc}") from exc
         return store
@@ -432,7 +424,7 @@ class RecordingStore:
         renamed file is found again after a power loss only if its folder entry was)."""
         folders = self._disk.take_folders()
         if folders:
-            sync(_all(*(asyncio.to_thread(_fsync_folder, f) for f in sorted(folders))))
+            sync(_all(*(asyncio.to_thread(fsync_folder, f) for f in sorted(folders))))
 
     # -- arrays ---------------------------------------------------------------------------
 

