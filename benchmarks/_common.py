@@ -18,7 +18,7 @@ import torch
 from zarr.codecs import BloscCodec
 
 import wordybird
-from wordybird.recorder.format import FieldSpec, chunk_shape
+from wordybird.recorder.layout import FieldSpec, chunk_shape
 
 #: The notebook's GPT-2 embedding shape: vocabulary × hidden size.
 VOCAB, DIM = 50257, 64

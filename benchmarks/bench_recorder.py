@@ -47,7 +47,8 @@ from _common import (
 )
 from wordybird import StreamingRecorder
 from wordybird.dtypes import from_torch
-from wordybird.recorder.format import MODES, compressors_for, delta_encode, field_specs_for
+from wordybird.recorder.delta import delta_encode
+from wordybird.recorder.layout import MODES, compressors_for, field_specs_for
 
 THROUGHPUT_GOAL = 180e6
 RSS_GOAL = 300e6

@@ -26,7 +26,7 @@ from _common import (
     tensor_source,
     time_compress,
 )
-from wordybird.recorder.format import delta_encode
+from wordybird.recorder.delta import delta_encode
 
 #: Candidates: every one is a core Zarr v3 codec (``blosc`` or ``zstd``), which any Zarr
 #: reader, TensorStore included, decodes.

@@ -19,7 +19,8 @@ import zarr
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.recorder.format import RecordingStore, delta_decode, delta_encode
+from wordybird.recorder.delta import delta_decode, delta_encode
+from wordybird.recorder.format import RecordingStore
 
 MODES = ["default", "compact"]
 

@@ -1,5 +1,5 @@
 """The commit protocol under injected faults: a process killed, or the disk full, at each of
-its points (``format._fault_point``), in both modes; then reopen, check, resume, check.
+its points (``storage.fault_point``), in both modes; then reopen, check, resume, check.
 
 Random ``kill -9`` rarely lands inside the few milliseconds of a protocol step, so every
 point is hit on purpose. Kills are real process deaths: a child forked from a forkserver
@@ -25,10 +25,10 @@ import zarr.storage._local
 import wordybird
 from test_recorder import same_bits
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.recorder import format
+from wordybird.recorder import storage
 
 MODES = ["default", "compact"]
-#: [130, 64] bf16 is 16,640 bytes, just over format.SMALL_STEP_BYTES: one chunk per step,
+#: [130, 64] bf16 is 16,640 bytes, just over layout.SMALL_STEP_BYTES: one chunk per step,
 #: stored as deltas between keyframes in compact mode.
 SHAPE = (130, 64)
 #: Steps a child records: past the keyframe at position 16, into its deltas.
@@ -57,7 +57,7 @@ def fault_step(step: int) -> dict[str, torch.Tensor]:
 
 
 def at(point: str, occurrence: int, action: Callable[[], None]) -> Callable[[str], None]:
-    """A ``_fault_point`` replacement that runs ``action`` at the occurrence-th ``point``."""
+    """A ``fault_point`` replacement that runs ``action`` at the occurrence-th ``point``."""
     seen = 0
 
     def hook(name: str) -> None:
@@ -83,7 +83,7 @@ def stage(path: str, mode: str, scenario: str, point: str, occurrence: int) -> N
     """
     kill = at(point, occurrence, die)
     if scenario == "record":
-        format._fault_point = kill
+        storage.fault_point = kill
         with StreamingRecorder(path, mode=mode, resume=Path(path).exists()) as rec:
             start = 0 if rec.last_step is None else rec.last_step + 1
             for step in range(start, STEPS):
@@ -93,7 +93,7 @@ def stage(path: str, mode: str, scenario: str, point: str, occurrence: int) -> N
             for step in range(STEPS):
                 rec.record(step, fault_step(step))
             rec.flush()
-            format._fault_point = kill
+            storage.fault_point = kill
             rec.truncate(after_step=9)
 
 
@@ -176,7 +176,7 @@ class Disk:
 
     def full_at(self, point: str, occurrence: int) -> None:
         """The write (or step) at the occurrence-th ``point`` fails with ENOSPC."""
-        self._monkeypatch.setattr(format, "_fault_point", at(point, occurrence, disk_full))
+        self._monkeypatch.setattr(storage, "fault_point", at(point, occurrence, disk_full))
 
     def space_is_back(self) -> None:
         self._monkeypatch.undo()
@@ -316,7 +316,7 @@ def test_durable_flushes_each_step_before_its_commit(
             events.append(("write", key.with_suffix("").as_posix()))
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(format, "_fault_point", note)
+    monkeypatch.setattr(storage, "fault_point", note)
     with StreamingRecorder(path, durable=True, mode="compact") as rec:
         for step in range(3):
             rec.record(step, fault_step(step))

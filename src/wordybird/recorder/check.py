@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from wordybird.errors import DamagedRecordingError
-from wordybird.recorder.format import STEPS_FIELD, RecordingStore
+from wordybird.recorder.format import RecordingStore
+from wordybird.recording import STEPS_FIELD
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The recording's on-disk format, implemented in this one module (specified in FORMAT.md).
+"""The recording's store and its commit protocol (specified in FORMAT.md).
 
 A recording is one Zarr v3 group. Every field is an array whose first axis is the recorded
 step's position; ``recorded_steps`` holds the step numbers. The group's attributes hold a
@@ -10,7 +10,8 @@ positions are exact; positions past them, and arrays the header does not name, a
 by readers and removed on resume (FORMAT.md, "Commit protocol").
 
 The writer (``writer.py``) and the reader (``reader.py``) reach the disk only through
-:class:`RecordingStore`.
+:class:`RecordingStore`; the layout it applies is ``layout.py``'s, compact mode's codec
+``delta.py``'s, and its file access ``storage.py``'s.
 """
 
 from __future__ import annotations
@@ -21,247 +22,37 @@ import math
 import os
 import shutil
 import threading
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous as zasync
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
-from zarr.core.buffer import Buffer
+from zarr.codecs import BytesCodec
 from zarr.core.sync import sync
-from zarr.storage import LocalStore
-from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
-from wordybird import dtypes
 from wordybird.atomic import fsync_folder
 from wordybird.errors import DamagedRecordingError, WordybirdError
-from wordybird.recorder import bf16  # noqa: F401  (registers the Zarr bfloat16 type)
+from wordybird.recorder import (
+    bf16,  # noqa: F401  (registers the Zarr bfloat16 type)
+    storage,
+)
+from wordybird.recorder.delta import delta_decode, delta_encode
+from wordybird.recorder.layout import (
+    ARRAY_CONFIG,
+    DEFAULT_KEYFRAME_INTERVAL,
+    MODES,
+    STEPS_SPEC,
+    FieldSpec,
+    Mode,
+    chunk_shape,
+    compressors_for,
+)
 from wordybird.recording import STEPS_FIELD
 
 FORMAT_NAME = "wordybird.recording"
 FORMAT_VERSION = 1
-
-Mode = Literal["default", "compact"]
-Encoding = Literal["raw", "delta"]
-MODES: tuple[str, ...] = ("default", "compact")
-
-#: A step's slice of a large field is cut into chunks of at most this many bytes, so that
-#: the compressor runs on several cores and one step is read without touching any other.
-CHUNK_TARGET_BYTES = 2 << 20
-#: Fields whose one step is this small share chunks across consecutive steps (a chunk per
-#: step would mean thousands of tiny files); a step append rewrites that small chunk.
-SMALL_STEP_BYTES = 16 << 10
-#: Steps per chunk for small fields.
-SMALL_FIELD_STEPS_PER_CHUNK = 1024
-#: In compact mode every K-th position is stored whole (a keyframe); the others are stored
-#: as the difference of their bits from the previous step's (see :func:`delta_encode`), so
-#: a random step is decoded from at most K chunks and a sequential scan from one per step.
-DEFAULT_KEYFRAME_INTERVAL = 16
-#: Write every chunk, even one that equals the fill value. zarr's default compares each
-#: chunk with the fill value before writing it, an extra pass over every byte: without it
-#: the recorder went from ~213 to ~295 MB/s (median, benchmarks/bench_recorder.py). The
-#: cost is a few tiny all-zero chunks on disk (an initial step's zero grads).
-ARRAY_CONFIG = {"write_empty_chunks": True}
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One recorded field: its per-step shape and dtype, and how it is encoded on disk."""
-
-    name: str
-    dtype: str  # the logical dtype as a numpy name ("bfloat16", "float32", "int64", …)
-    shape: tuple[int, ...]  # one step's shape
-    encoding: Encoding = "raw"
-
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return dtypes.numpy_dtype(self.dtype)
-
-    @property
-    def stored_dtype(self) -> np.dtype:
-        """The dtype of the Zarr array: the logical one, or unsigned bits for deltas."""
-        if self.encoding == "delta":
-            return np.dtype(f"<u{self.numpy_dtype.itemsize}")
-        return self.numpy_dtype
-
-    @property
-    def step_nbytes(self) -> int:
-        return math.prod(self.shape) * self.numpy_dtype.itemsize
-
-    def to_json(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
-
-    @classmethod
-    def from_json(cls, name: str, data: Mapping[str, Any]) -> FieldSpec:
-        return cls(
-            name,
-            str(data["dtype"]),
-            tuple(int(s) for s in data["shape"]),
-            data.get("encoding", "raw"),
-        )
-
-
-def chunk_shape(spec: FieldSpec) -> tuple[int, ...]:
-    """Chunking: one step (or a slab of it) per chunk for big fields, many steps for small."""
-    if spec.step_nbytes <= SMALL_STEP_BYTES:
-        return (SMALL_FIELD_STEPS_PER_CHUNK, *spec.shape)
-    if not spec.shape:
-        return (1,)
-    pieces = max(1, math.ceil(spec.step_nbytes / CHUNK_TARGET_BYTES))
-    rows = max(1, math.ceil(spec.shape[0] / pieces))
-    return (1, rows, *spec.shape[1:])
-
-
-def compressors_for(spec: FieldSpec) -> tuple[Any, ...]:
-    """Core Zarr codecs only (any Zarr v3 reader decodes them), then a crc32c checksum.
-
-    Chosen by measurement on real Wordybird tensors (benchmarks/codecs.py). Values: blosc
-    zstd level 3 with bit shuffle, which gathers the sign and exponent bits (few distinct
-    values in a bf16 tensor) into long compressible runs: 1.9x at ~500 MB/s per core.
-    Deltas (compact mode) are small integers whose high bytes are almost all zero: byte
-    shuffle gathers those, and level 1 already packs them (3.4x at ~420 MB/s per core).
-    """
-    if spec.step_nbytes <= SMALL_STEP_BYTES:
-        return (ZstdCodec(level=3), Crc32cCodec())
-    itemsize = spec.stored_dtype.itemsize
-    if spec.encoding == "delta":
-        blosc = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=itemsize)
-    else:
-        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=itemsize)
-    return (blosc, Crc32cCodec())
-
-
-def check_field_name(name: object) -> None:
-    """Refuse a field name that cannot be one array folder directly in the group.
-
-    Resume removes every folder of the group that the header does not name (the leftovers
-    of a killed first step), so a name with a ``/`` (a nested folder) would lose its data;
-    zarr reserves names starting with ``__``; ``.``-names and ``*.partial`` collide with
-    file-system and zarr temporaries.
-    """
-    if name == STEPS_FIELD:
-        raise WordybirdError(
-            f"{STEPS_FIELD!r} is written from the step argument; it cannot be recorded as a field"
-        )
-    if (
-        not isinstance(name, str)
-        or not name
-        or "/" in name
-        or name.startswith((".", "__"))
-        or name.endswith(".partial")
-        or name == "zarr.json"
-    ):
-        raise WordybirdError(
-            f"field name {name!r} cannot be an array of the recording: use a non-empty string "
-            "without '/', not starting with '.' or '__'"
-        )
-
-
-def field_specs_for(arrays: Mapping[str, np.ndarray], mode: Mode) -> dict[str, FieldSpec]:
-    """The layout fixed by a recording's first step."""
-    specs = {}
-    for name, value in arrays.items():
-        check_field_name(name)
-        big = value.nbytes > SMALL_STEP_BYTES
-        encoding: Encoding = "delta" if mode == "compact" and big else "raw"
-        specs[name] = FieldSpec(name, dtypes.dtype_name(value.dtype), tuple(value.shape), encoding)
-    return specs
-
-
-def delta_encode(bits: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """Compact mode's encoding of a step: its bits minus the previous step's, zigzagged.
-
-    Within one sign, a float's bit pattern counts lattice points, so the wrapping
-    difference of two steps' bits is each coordinate's move in ULPs: 0 for the many that
-    stay put, small for the rest. Zigzag (0, -1, 1, -2 … → 0, 1, 2, 3 …) keeps small moves
-    of either direction small as unsigned numbers, so nearly all high bytes are zero. It
-    beat XOR with the previous step by 1.5x on real Wordybird steps (benchmarks/codecs.py):
-    a one-ULP move across a mantissa carry flips many bits but differs by one.
-    """
-    width = bits.dtype.itemsize * 8
-    signed = np.dtype(f"<i{bits.dtype.itemsize}")
-    diff = (bits - previous).view(signed)  # unsigned arithmetic wraps: exact for any pair
-    return ((diff << 1) ^ (diff >> (width - 1))).view(bits.dtype)
-
-
-def delta_decode(stored: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """Invert :func:`delta_encode`: the step's bits from its delta and the previous bits."""
-    diff = (stored >> 1) ^ (np.zeros_like(stored) - (stored & 1))
-    return previous + diff
-
-
-def _fault_point(point: str) -> None:
-    """Mark a point of the commit protocol where a process can die or a write can fail.
-
-    A no-op. The fault-injection tests (tests/test_recorder_faults.py) replace it to kill
-    the process there (``os._exit``) or to raise (a full disk), so that every window of the
-    protocol is tested on purpose rather than by a lucky ``kill -9``. The points:
-    ``create_array`` (before each of the first step's arrays), ``resize`` and ``resized``
-    (around growing the arrays), ``write:KEY`` (before every file the store writes: chunks,
-    array metadata, the header), ``commit`` and ``committed`` (around the header write that
-    commits a step), ``truncate`` (after truncation's header write, before chunks are
-    deleted), ``remove_orphan`` and ``shrink`` (before each array removed or shrunk by a
-    resume or a truncation).
-    """
-
-
-class _LocalStore(LocalStore):
-    """zarr's LocalStore plus what the commit protocol needs from it: a fault point before
-    every write and, when ``durable``, writes that reach the disk (LocalStore never fsyncs).
-
-    A durable write flushes its temporary file before renaming it into place, so after a
-    power loss the file is the old or the new one, never a renamed but empty one; the
-    folders that hold the new names are collected for :meth:`take_folders`, to be flushed
-    before anything (the header) depends on them.
-    """
-
-    def __init__(self, root: Path | str, *, read_only: bool = False, durable: bool = False) -> None:
-        super().__init__(root, read_only=read_only)
-        self.durable = durable
-        self._folders: set[Path] = set()
-
-    async def set(self, key: str, value: Buffer) -> None:
-        _fault_point(f"write:{key}")
-        if not self.durable:
-            await super().set(key, value)
-            return
-        self._check_writable()
-        await asyncio.to_thread(_put_durable, self.root / key, value)
-        self._folders.update(self.root / folder for folder in Path(key).parents)
-
-    def take_folders(self) -> set[Path]:
-        """The folders that got new file names since the last call."""
-        folders, self._folders = self._folders, set()
-        return folders
-
-
-def _put_durable(path: Path, value: Buffer) -> None:
-    """zarr's atomic write (its ``*.partial`` temporary, renamed) with the data fsynced
-    before the rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_write(path, "wb") as file:
-        file.write(value.as_buffer_like())
-        file.flush()
-        os.fsync(file.fileno())
-
-
-async def _all(*steps: Awaitable[Any]) -> None:
-    """Await every one of ``steps``, then raise the first failure.
-
-    ``asyncio.gather`` raises at the first failure and leaves the others running: a chunk
-    write could land after the error was reported, or after a resume had cut the arrays
-    back. Waiting for all of them leaves the store still once a call returns or raises.
-    """
-    for result in await asyncio.gather(*steps, return_exceptions=True):
-        if isinstance(result, BaseException):
-            raise result
-
-
-#: ``recorded_steps``, stored like any small field.
-STEPS_SPEC = FieldSpec(STEPS_FIELD, "int64", ())
 
 
 class RecordingStore:
@@ -279,7 +70,7 @@ class RecordingStore:
         self,
         path: Path,
         group: zarr.AsyncGroup,
-        disk: _LocalStore,
+        disk: storage.LocalStore,
         header: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
@@ -326,7 +117,7 @@ class RecordingStore:
             "fields": {},
         }
         meta = _jsonable(dict(metadata or {}))
-        disk = _LocalStore(path, durable=durable)
+        disk = storage.LocalStore(path, durable=durable)
         try:
             group = sync(
                 zasync.open_group(
@@ -354,7 +145,7 @@ class RecordingStore:
             raise WordybirdError(f"{path} does not exist")
         if not (path / "zarr.json").is_file():
             raise WordybirdError(f"{path} is not a wordybird recording (no zarr.json)")
-        disk = _LocalStore(path, read_only=read_only, durable=durable)
+        disk = storage.LocalStore(path, read_only=read_only, durable=durable)
         try:
             group = sync(
                 zasync.open_group(store=disk, mode="r" if read_only else "r+", zarr_format=3)
@@ -424,7 +215,7 @@ class RecordingStore:
         renamed file is found again after a power loss only if its folder entry was)."""
         folders = self._disk.take_folders()
         if folders:
-            sync(_all(*(asyncio.to_thread(fsync_folder, f) for f in sorted(folders))))
+            sync(storage.gather_all(*(asyncio.to_thread(fsync_folder, f) for f in sorted(folders))))
 
     # -- arrays ---------------------------------------------------------------------------
 
@@ -489,7 +280,7 @@ class RecordingStore:
 
         async def create() -> None:
             for spec in [STEPS_SPEC, *specs.values()]:
-                _fault_point("create_array")
+                storage.fault_point("create_array")
                 self._arrays[spec.name] = await self._group.create_array(
                     spec.name,
                     shape=(0, *spec.shape),
@@ -517,28 +308,28 @@ class RecordingStore:
 
         async def grow() -> None:
             # resize() updates each array object's metadata in place
-            await _all(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
+            await storage.gather_all(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
 
         async def write() -> None:
-            await _all(
+            await storage.gather_all(
                 targets[STEPS_FIELD].setitem(n, np.int64(step)),
                 *(targets[name].setitem(n, value) for name, value in arrays.items()),
             )
 
-        _fault_point("resize")
+        storage.fault_point("resize")
         sync(grow())
-        _fault_point("resized")
+        storage.fault_point("resized")
         sync(write())
         self._sync_folders()
-        _fault_point("commit")
+        storage.fault_point("commit")
         self._commit(n + 1)
-        _fault_point("committed")
+        storage.fault_point("committed")
 
     def truncate(self, count: int) -> None:
         """Keep only the first ``count`` committed positions; delete the rest from disk."""
         self._commit(max(0, min(count, self.committed)))  # uncommit first: a crash below
         self._previous.clear()  # leaves a consistent store
-        _fault_point("truncate")
+        storage.fault_point("truncate")
         self.discard_uncommitted()
 
     def discard_uncommitted(self) -> None:
@@ -551,7 +342,7 @@ class RecordingStore:
         named = [STEPS_FIELD, *self.fields] if self.fields else []
         for child in sorted(self.path.iterdir()):
             if child.is_dir() and child.name not in named:
-                _fault_point("remove_orphan")
+                storage.fault_point("remove_orphan")
                 shutil.rmtree(child)
         n = self.committed
         targets = [self._array(name) for name in named]
@@ -559,7 +350,7 @@ class RecordingStore:
         async def shrink() -> None:
             for array in targets:
                 if array.shape[0] != n:
-                    _fault_point("shrink")
+                    storage.fault_point("shrink")
                     await array.resize((n, *array.shape[1:]))
 
         sync(shrink())

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from wordybird.recorder.format import FieldSpec, RecordingStore
+from wordybird.recorder.format import RecordingStore
+from wordybird.recorder.layout import FieldSpec
 from wordybird.recording import Index, Recording
 
 

@@ -28,13 +28,8 @@ import torch
 
 from wordybird.dtypes import from_torch, numpy_dtype_of, torch_dtype_of
 from wordybird.errors import WordybirdError
-from wordybird.recorder.format import (
-    FieldSpec,
-    Mode,
-    RecordingStore,
-    field_specs_for,
-    is_recording,
-)
+from wordybird.recorder.format import RecordingStore, is_recording
+from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
 
 _STOP = object()
 

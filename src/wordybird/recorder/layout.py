@@ -1,0 +1,149 @@
+"""The recording's layout policy: which fields exist, how each is chunked and compressed.
+
+Fixed by a recording's first step and written into its header (FORMAT.md): the store
+(``format.py``) applies it, and nothing else decides it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from wordybird import dtypes
+from wordybird.errors import WordybirdError
+from wordybird.recording import STEPS_FIELD
+
+Mode = Literal["default", "compact"]
+Encoding = Literal["raw", "delta"]
+MODES: tuple[str, ...] = ("default", "compact")
+
+#: A step's slice of a large field is cut into chunks of at most this many bytes, so that
+#: the compressor runs on several cores and one step is read without touching any other.
+CHUNK_TARGET_BYTES = 2 << 20
+#: Fields whose one step is this small share chunks across consecutive steps (a chunk per
+#: step would mean thousands of tiny files); a step append rewrites that small chunk.
+SMALL_STEP_BYTES = 16 << 10
+#: Steps per chunk for small fields.
+SMALL_FIELD_STEPS_PER_CHUNK = 1024
+#: In compact mode every K-th position is stored whole (a keyframe); the others are stored
+#: as the difference of their bits from the previous step's (see :func:`delta_encode`), so
+#: a random step is decoded from at most K chunks and a sequential scan from one per step.
+DEFAULT_KEYFRAME_INTERVAL = 16
+#: Write every chunk, even one that equals the fill value. zarr's default compares each
+#: chunk with the fill value before writing it, an extra pass over every byte: without it
+#: the recorder went from ~213 to ~295 MB/s (median, benchmarks/bench_recorder.py). The
+#: cost is a few tiny all-zero chunks on disk (an initial step's zero grads).
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One recorded field: its per-step shape and dtype, and how it is encoded on disk."""
+
+    name: str
+    dtype: str  # the logical dtype as a numpy name ("bfloat16", "float32", "int64", …)
+    shape: tuple[int, ...]  # one step's shape
+    encoding: Encoding = "raw"
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return dtypes.numpy_dtype(self.dtype)
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The dtype of the Zarr array: the logical one, or unsigned bits for deltas."""
+        if self.encoding == "delta":
+            return np.dtype(f"<u{self.numpy_dtype.itemsize}")
+        return self.numpy_dtype
+
+    @property
+    def step_nbytes(self) -> int:
+        return math.prod(self.shape) * self.numpy_dtype.itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> FieldSpec:
+        return cls(
+            name,
+            str(data["dtype"]),
+            tuple(int(s) for s in data["shape"]),
+            data.get("encoding", "raw"),
+        )
+
+
+def chunk_shape(spec: FieldSpec) -> tuple[int, ...]:
+    """Chunking: one step (or a slab of it) per chunk for big fields, many steps for small."""
+    if spec.step_nbytes <= SMALL_STEP_BYTES:
+        return (SMALL_FIELD_STEPS_PER_CHUNK, *spec.shape)
+    if not spec.shape:
+        return (1,)
+    pieces = max(1, math.ceil(spec.step_nbytes / CHUNK_TARGET_BYTES))
+    rows = max(1, math.ceil(spec.shape[0] / pieces))
+    return (1, rows, *spec.shape[1:])
+
+
+def compressors_for(spec: FieldSpec) -> tuple[Any, ...]:
+    """Core Zarr codecs only (any Zarr v3 reader decodes them), then a crc32c checksum.
+
+    Chosen by measurement on real Wordybird tensors (benchmarks/codecs.py). Values: blosc
+    zstd level 3 with bit shuffle, which gathers the sign and exponent bits (few distinct
+    values in a bf16 tensor) into long compressible runs: 1.9x at ~500 MB/s per core.
+    Deltas (compact mode) are small integers whose high bytes are almost all zero: byte
+    shuffle gathers those, and level 1 already packs them (3.4x at ~420 MB/s per core).
+    """
+    if spec.step_nbytes <= SMALL_STEP_BYTES:
+        return (ZstdCodec(level=3), Crc32cCodec())
+    itemsize = spec.stored_dtype.itemsize
+    if spec.encoding == "delta":
+        blosc = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=itemsize)
+    else:
+        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=itemsize)
+    return (blosc, Crc32cCodec())
+
+
+def check_field_name(name: object) -> None:
+    """Refuse a field name that cannot be one array folder directly in the group.
+
+    Resume removes every folder of the group that the header does not name (the leftovers
+    of a killed first step), so a name with a ``/`` (a nested folder) would lose its data;
+    zarr reserves names starting with ``__``; ``.``-names and ``*.partial`` collide with
+    file-system and zarr temporaries.
+    """
+    if name == STEPS_FIELD:
+        raise WordybirdError(
+            f"{STEPS_FIELD!r} is written from the step argument; it cannot be recorded as a field"
+        )
+    if (
+        not isinstance(name, str)
+        or not name
+        or "/" in name
+        or name.startswith((".", "__"))
+        or name.endswith(".partial")
+        or name == "zarr.json"
+    ):
+        raise WordybirdError(
+            f"field name {name!r} cannot be an array of the recording: use a non-empty string "
+            "without '/', not starting with '.' or '__'"
+        )
+
+
+def field_specs_for(arrays: Mapping[str, np.ndarray], mode: Mode) -> dict[str, FieldSpec]:
+    """The layout fixed by a recording's first step."""
+    specs = {}
+    for name, value in arrays.items():
+        check_field_name(name)
+        big = value.nbytes > SMALL_STEP_BYTES
+        encoding: Encoding = "delta" if mode == "compact" and big else "raw"
+        specs[name] = FieldSpec(name, dtypes.dtype_name(value.dtype), tuple(value.shape), encoding)
+    return specs
+
+
+#: ``recorded_steps``, stored like any small field.
+STEPS_SPEC = FieldSpec(STEPS_FIELD, "int64", ())
