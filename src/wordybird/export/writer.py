@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wordybird.errors import WordybirdError
+from wordybird.errors import WordybirdError, no_folder
 from wordybird.export.layout import (
     SCALAR_METADATA,
     IndexEntry,
@@ -371,7 +371,7 @@ def _write(fd: int, data: memoryview, progress: Callable[[int], None] | None) ->
 
 def _check_destination(out: Path, overwrite: bool) -> None:
     if not out.parent.is_dir():
-        raise WordybirdError(f"cannot write {out}: folder {out.parent} does not exist")
+        raise WordybirdError(f"cannot write {out}: {no_folder(out.parent)}")
     if out.is_dir():
         raise WordybirdError(f"cannot write {out}: it is a folder")
     if out.exists() and not overwrite:

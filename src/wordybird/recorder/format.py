@@ -34,7 +34,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
-from wordybird.errors import WordybirdError
+from wordybird.errors import WordybirdError, no_folder
 from wordybird.recorder import bf16
 
 FORMAT_NAME = "wordybird.recording"
@@ -322,7 +322,7 @@ class RecordingStore:
         if path.exists():
             _make_room(path, overwrite)
         if not path.parent.is_dir():
-            raise WordybirdError(f"cannot create {path}: folder {path.parent} does not exist")
+            raise WordybirdError(f"cannot create {path}: {no_folder(path.parent)}")
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wordybird.errors import WordybirdError
+from wordybird.errors import WordybirdError, no_folder
 from wordybird.training.tokenizer import VOCAB_SIZE, cache_dir, load_tokenizer
 
 #: docstrings shorter than this are mostly one-liners ("Return x.") that add little text
@@ -186,5 +186,5 @@ def save_token_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike[str
 
     path = Path(path)
     if not path.parent.is_dir():
-        raise WordybirdError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise WordybirdError(f"cannot write {path}: {no_folder(path.parent)}")
     save_file(masks, str(path))
