@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import re
 import secrets
@@ -326,7 +327,10 @@ def parse_size(size: int | str) -> int:
             )
         number, prefix, binary = match.groups()
         power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
-        value = int(float(number) * (1024 if binary else 1000) ** power)
+        scaled = float(number) * (1024 if binary else 1000) ** power
+        if not math.isfinite(scaled):  # 1e400 parses, as infinity
+            raise WordybirdError(f"{size!r} is too large for a file size")
+        value = int(scaled)
     if value <= 0:
         raise WordybirdError(f"a file size must be positive, got {size!r}")
     return value
