@@ -181,10 +181,18 @@ def token_masks(tokens: torch.Tensor, vocab_size: int = VOCAB_SIZE) -> dict[str,
 
 
 def save_token_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
-    """Write the masks as the safetensors file the notebook loads."""
+    """Write the masks as the safetensors file the notebook loads.
+
+    safetensors reports an I/O failure (a read-only folder, ``path`` being a folder) as its
+    own SafetensorError, not an OSError: it becomes a WordybirdError here like any other.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
     if not path.parent.is_dir():
         raise WordybirdError(f"cannot write {path}: {no_folder(path.parent)}")
-    save_file(masks, str(path))
+    try:
+        save_file(masks, str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WordybirdError(f"cannot write {path}: {exc}") from exc
