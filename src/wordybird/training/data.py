@@ -169,7 +169,16 @@ class TokenDataset(Dataset):
 
 
 def token_masks(tokens: torch.Tensor, vocab_size: int = VOCAB_SIZE) -> dict[str, torch.Tensor]:
-    """The notebook's mask file: a token is "trained" when it occurs in the corpus."""
+    """The notebook's mask file: a token is "trained" when it occurs in the corpus.
+
+    GPT-2's tokenizer gives ids up to 50256: a model with a smaller vocabulary (another
+    model's checkpoint) cannot train on them; the error names the corpus's largest id.
+    """
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise WordybirdError(
+            f"the corpus has token id {int(tokens.max())}, outside the model's vocabulary of "
+            f"{vocab_size} (GPT-2's tokenizer needs {VOCAB_SIZE})"
+        )
     trained = torch.zeros(vocab_size, dtype=torch.bool)
     trained[tokens] = True
     return {

@@ -400,10 +400,27 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
 
 
 def _load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
+    """The checkpoint's GPT-2, refused unless every one of its weights comes from the folder.
+
+    ``from_pretrained`` gives weights the folder lacks random values, with only a log line:
+    another model's checkpoint (a Llama's) would silently "continue" as a fresh GPT-2. A
+    folder without ``config.json`` would be looked up on the Hub as a model name instead.
+    """
+    if not (checkpoint / "config.json").is_file():
+        raise WordybirdError(f"{checkpoint} holds no model (config.json is missing)")
     try:
-        return GPT2LMHeadModel.from_pretrained(str(checkpoint), dtype=torch.bfloat16)
+        model, info = GPT2LMHeadModel.from_pretrained(
+            str(checkpoint), dtype=torch.bfloat16, output_loading_info=True
+        )
     except (OSError, ValueError) as exc:
         raise WordybirdError(f"cannot load the model in {checkpoint}: {exc}") from exc
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise WordybirdError(
+            f"{checkpoint} does not hold a GPT-2 model's weights ({len(missing)} missing, such "
+            f"as {missing[0]}): is it a checkpoint of another model?"
+        )
+    return model
 
 
 def _model_config_of(model: GPT2LMHeadModel) -> ModelConfig:
@@ -659,6 +676,7 @@ def _stage_checkpoint(
         state = _torch_load(source / _OPTIMIZER)
         try:  # validate against this model's optimizer before the Trainer loads it
             optimizer.load_state_dict(state)
+            _check_state_shapes(optimizer)
         except (ValueError, KeyError) as exc:
             raise WordybirdError(
                 f"the optimizer state in {source} does not fit its model: {exc}"
@@ -678,6 +696,22 @@ def _stage_checkpoint(
     )
     scheduler = LambdaLR(dummy, factor, last_epoch=plan.start_step - 1)
     torch.save(scheduler.state_dict(), staging / _SCHEDULER)
+
+
+def _check_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError if a loaded state tensor does not have its parameter's shape.
+
+    ``load_state_dict`` compares only the number of parameters in each group: Adam state of
+    a model of other sizes loads, and the first optimizer step fails, after the initial
+    state was recorded.
+    """
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(
+                    f"its {name} has shape {list(value.shape)} for a parameter of shape "
+                    f"{list(param.shape)}"
+                )
 
 
 # -- the summary --------------------------------------------------------------------------------
