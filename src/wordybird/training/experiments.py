@@ -399,6 +399,28 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """A run's corpus and what training takes from it.
+
+    Loaded before the run folder is touched, so that a bad corpus (too short for one
+    window, tokens outside the model's vocabulary) costs nothing: not even the run that
+    ``--overwrite`` was about to replace.
+    """
+
+    corpus: Corpus
+    tokens: torch.Tensor
+    dataset: TokenDataset
+    masks: dict[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, config: TrainConfig) -> RunData:
+        corpus = load_corpus(config.corpus)
+        tokens = tokenize(corpus)
+        dataset = TokenDataset(tokens, config.model.n_positions)
+        return cls(corpus, tokens, dataset, token_masks(tokens, config.model.vocab_size))
+
+
 def _load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
     """The checkpoint's GPT-2, refused unless every one of its weights comes from the folder.
 
@@ -432,6 +454,7 @@ def _execute(
     plan: RunPlan,
     out: Path,
     model: GPT2LMHeadModel,
+    data: RunData,
     *,
     resume_from: Path | None,
     resume_recording: bool,
@@ -442,12 +465,8 @@ def _execute(
     from wordybird.training.callback import RecorderCallback
 
     c = plan.config
-    corpus = load_corpus(c.corpus)
-    tokens = tokenize(corpus)
-    dataset = TokenDataset(tokens, c.model.n_positions)
-    masks = token_masks(tokens, c.model.vocab_size)
-    save_token_masks(masks, out / MASKS)
-    metadata = _metadata(plan, corpus, len(tokens), masks)
+    save_token_masks(data.masks, out / MASKS)
+    metadata = _metadata(plan, data.corpus, len(data.tokens), data.masks)
     (out / RUN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
 
     device = _device()
@@ -457,7 +476,7 @@ def _execute(
     trainer = WordybirdTrainer(
         model=model,
         args=_training_args(plan, out, compute),
-        train_dataset=dataset,
+        train_dataset=data.dataset,
         lr_factor=plan.lr_factor(),
         callbacks=[control],
     )
@@ -532,6 +551,7 @@ def train(
     """WB1/WB2: train a fresh model for ``config.steps`` steps, recording into ``out``."""
     config.validate()
     out = Path(out)
+    data = RunData.load(config)
     _prepare_out(out, overwrite=overwrite)
     plan = RunPlan(
         config,
@@ -540,7 +560,7 @@ def train(
         schedule=vars(LinearDecay(0, config.steps)),
     )
     model = build_model(config.model, config.seed)
-    return _execute(plan, out, model, resume_from=None, resume_recording=False)
+    return _execute(plan, out, model, data, resume_from=None, resume_recording=False)
 
 
 def resume(out: str | os.PathLike[str]) -> RunResult:
@@ -561,6 +581,7 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
         plan,
         out,
         model,
+        RunData.load(plan.config),
         resume_from=checkpoints[step],
         resume_recording=plan.config.record_every is not None,
     )
@@ -633,9 +654,15 @@ def continue_training(
         raise WordybirdError(f"unknown schedule {schedule!r}; choose restart, continue or constant")
 
     out = Path(out)
-    _prepare_out(out, overwrite=overwrite)
+    if overwrite and out.resolve() in checkpoint.resolve().parents:
+        raise WordybirdError(
+            f"--overwrite would delete the run in {out} before continuing from its "
+            f"{checkpoint}: pick another --out"
+        )
     model = _load_checkpoint_model(checkpoint)
     config = replace(config, model=_model_config_of(model))
+    data = RunData.load(config)
+    _prepare_out(out, overwrite=overwrite)
     plan = RunPlan(
         config,
         start_step=start,
@@ -652,7 +679,9 @@ def continue_training(
         return staging_dir
 
     try:
-        return _execute(plan, out, model, resume_from=None, resume_recording=False, staging=stage)
+        return _execute(
+            plan, out, model, data, resume_from=None, resume_recording=False, staging=stage
+        )
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
 
