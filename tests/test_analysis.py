@@ -667,8 +667,10 @@ def test_analyze_command_errors(tmp_path: Path) -> None:
         result = run_cli("analyze", *args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert result.stderr.startswith("error: "), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+    assert not (wb1.parent / "analysis").exists()
 
 
 def test_analysis_of_a_store_equals_analysis_of_its_export(tmp_path: Path) -> None:

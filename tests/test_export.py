@@ -462,10 +462,13 @@ def test_cli_export_and_inspect(tmp_path: Path, stores: dict[str, Path]) -> None
         ("export", str(stores["compact"]), str(tmp_path / "y.safetensors"), "--fields", "nope"),
         ("inspect", str(tmp_path / "nothing")),
     ]
+    exported = out.read_bytes()
     for args in failures:
         result = run_cli(*args)
         assert result.returncode == 1, args
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, args
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert out.read_bytes() == exported and not (tmp_path / "y.safetensors").exists()
     result = run_cli("export", str(stores["compact"]), str(out), "--overwrite", "-q")
     assert result.returncode == 0, result.stderr
     assert load_file(out)["recorded_steps"].tolist() == list(range(100, 120))

@@ -57,6 +57,7 @@ def test_train_then_continue(corpus: Path, tmp_path: Path) -> None:
     again = wordybird_cli("train", "--corpus", corpus, "--out", wb1, *TINY)
     assert again.returncode == 1
     assert again.stderr.startswith("error: ") and "--overwrite" in again.stderr
+    assert len(again.stderr.splitlines()) == 1, again.stderr
 
 
 def test_masks_command(corpus: Path, tmp_path: Path) -> None:
@@ -81,6 +82,8 @@ def test_bad_input_exits_1_with_one_line(args: list[str], tmp_path: Path) -> Non
     done = wordybird_cli(*args, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert not any(tmp_path.iterdir())  # no run folder, no half-written file
 
 
 def test_ctrl_c_keeps_steps_and_writes_a_checkpoint(corpus: Path, tmp_path: Path) -> None:

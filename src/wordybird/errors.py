@@ -5,6 +5,8 @@ a :class:`WordybirdError` with a message that names what is wrong, so the CLI ca
 as one line and exit non-zero instead of dumping a traceback.
 """
 
+from pathlib import Path
+
 
 class WordybirdError(Exception):
     """A user-facing failure with a clear, single-line explanation."""
@@ -14,3 +16,14 @@ class DamagedRecordingError(WordybirdError):
     """Part of a recording on disk cannot be read: a chunk fails its checksum or does not
     decode, a chunk file is missing, or an array's metadata is broken. The message names
     the field and the steps; the rest of the recording still reads."""
+
+
+def no_folder(folder: Path) -> str:
+    """Why ``folder`` cannot take a new file: it does not exist, or it is a file.
+
+    Every writer words this the same way, and a file typed where a folder was meant
+    (``notes.txt/out.safetensors``) is not reported as a folder that does not exist.
+    """
+    if folder.exists():
+        return f"{folder} is a file, not a folder"
+    return f"folder {folder} does not exist"

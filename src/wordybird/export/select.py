@@ -6,6 +6,7 @@ that says what would have been right.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -119,7 +120,10 @@ def parse_size(size: int | str) -> int:
             )
         number, prefix, binary = match.groups()
         power = "kmgt".index(prefix.lower()) + 1 if prefix else 0
-        value = int(float(number) * (1024 if binary else 1000) ** power)
+        scaled = float(number) * (1024 if binary else 1000) ** power
+        if not math.isfinite(scaled):  # 1e400 parses, as infinity
+            raise WordybirdError(f"{size!r} is too large for a file size")
+        value = int(scaled)
     if value <= 0:
         raise WordybirdError(f"a file size must be positive, got {size!r}")
     return value

@@ -27,7 +27,7 @@ import numpy as np
 
 import wordybird
 from wordybird.atomic import atomic_file
-from wordybird.errors import DamagedRecordingError, WordybirdError
+from wordybird.errors import DamagedRecordingError, WordybirdError, no_folder
 from wordybird.export.layout import (
     IndexEntry,
     LayoutError,
@@ -284,7 +284,7 @@ def _write(fd: int, data: memoryview, progress: Callable[[int], None] | None) ->
 
 def _check_destination(out: Path, overwrite: bool) -> None:
     if not out.parent.is_dir():
-        raise WordybirdError(f"cannot write {out}: folder {out.parent} does not exist")
+        raise WordybirdError(f"cannot write {out}: {no_folder(out.parent)}")
     if out.is_dir():
         raise WordybirdError(f"cannot write {out}: it is a folder")
     if out.exists() and not overwrite:

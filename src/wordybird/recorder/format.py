@@ -33,7 +33,7 @@ from zarr.codecs import BytesCodec
 from zarr.core.sync import sync
 
 from wordybird.atomic import fsync_folder
-from wordybird.errors import DamagedRecordingError, WordybirdError
+from wordybird.errors import DamagedRecordingError, WordybirdError, no_folder
 from wordybird.recorder import (
     bf16,  # noqa: F401  (registers the Zarr bfloat16 type)
     storage,
@@ -107,7 +107,7 @@ class RecordingStore:
         if path.exists():
             _make_room(path, overwrite)
         if not path.parent.is_dir():
-            raise WordybirdError(f"cannot create {path}: folder {path.parent} does not exist")
+            raise WordybirdError(f"cannot create {path}: {no_folder(path.parent)}")
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -32,6 +32,8 @@ from wordybird.recorder.format import RecordingStore, is_recording
 from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
 
 _STOP = object()
+#: recorded_steps holds int64 step numbers.
+_INT64 = np.iinfo(np.int64)
 
 #: Recorders not closed yet, held weakly: this set alone must not keep one alive.
 _OPEN: weakref.WeakSet[StreamingRecorder] = weakref.WeakSet()
@@ -149,6 +151,11 @@ class StreamingRecorder:
         """
         self._check_open()
         step = self._check_step(step)
+        if not isinstance(tensors, Mapping):  # record(step, w) instead of {"name": w}
+            raise WordybirdError(
+                "record() takes a mapping of field names to values, e.g. "
+                f"{{'embeddings': tensor}}, not a {type(tensors).__name__}"
+            )
         values = {name: _as_tensor(name, value) for name, value in tensors.items()}
         specs = self._specs
         if not specs:  # the first step fixes the layout, once it is accepted
@@ -230,6 +237,8 @@ class StreamingRecorder:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
             raise WordybirdError(f"step must be an integer, got {step!r}")
         step = int(step)
+        if not _INT64.min <= step <= _INT64.max:  # else the writer thread fails on it later
+            raise WordybirdError(f"step {step} is outside the int64 range of recorded_steps")
         if self._last_step is not None and step <= self._last_step:
             raise WordybirdError(
                 f"step {step} is not greater than the last recorded step {self._last_step} "
@@ -348,9 +357,18 @@ def _copy_into(buffer: torch.Tensor, value: torch.Tensor) -> None:
 
 
 def _as_tensor(name: str, value: torch.Tensor | np.ndarray | float) -> torch.Tensor:
+    """A field's value as a tensor whose dtype a recording can hold (numpy has it)."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        tensor = value.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, RuntimeError, ValueError) as exc:
+            raise WordybirdError(f"field {name!r}: cannot record a {type(value).__name__}") from exc
     try:
-        return torch.as_tensor(value)
-    except (TypeError, RuntimeError, ValueError) as exc:
-        raise WordybirdError(f"field {name!r}: cannot record a {type(value).__name__}") from exc
+        numpy_dtype_of(tensor.dtype)
+    except TypeError:  # float8, bits…: numpy has no such dtype
+        raise WordybirdError(
+            f"field {name!r}: cannot record {tensor.dtype} values (no numpy dtype); convert them"
+        ) from None
+    return tensor

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wordybird.atomic import write_atomically
-from wordybird.errors import WordybirdError
+from wordybird.errors import WordybirdError, no_folder
 from wordybird.training.tokenizer import VOCAB_SIZE, cache_dir, load_tokenizer
 
 #: docstrings shorter than this are mostly one-liners ("Return x.") that add little text
@@ -158,7 +158,16 @@ class TokenDataset(Dataset):
 
 
 def token_masks(tokens: torch.Tensor, vocab_size: int = VOCAB_SIZE) -> dict[str, torch.Tensor]:
-    """The notebook's mask file: a token is "trained" when it occurs in the corpus."""
+    """The notebook's mask file: a token is "trained" when it occurs in the corpus.
+
+    GPT-2's tokenizer gives ids up to 50256: a model with a smaller vocabulary (another
+    model's checkpoint) cannot train on them; the error names the corpus's largest id.
+    """
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise WordybirdError(
+            f"the corpus has token id {int(tokens.max())}, outside the model's vocabulary of "
+            f"{vocab_size} (GPT-2's tokenizer needs {VOCAB_SIZE})"
+        )
     trained = torch.zeros(vocab_size, dtype=torch.bool)
     trained[tokens] = True
     return {
@@ -170,10 +179,18 @@ def token_masks(tokens: torch.Tensor, vocab_size: int = VOCAB_SIZE) -> dict[str,
 
 
 def save_token_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
-    """Write the masks as the safetensors file the notebook loads."""
+    """Write the masks as the safetensors file the notebook loads.
+
+    safetensors reports an I/O failure (a read-only folder, ``path`` being a folder) as its
+    own SafetensorError, not an OSError: it becomes a WordybirdError here like any other.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
     if not path.parent.is_dir():
-        raise WordybirdError(f"cannot write {path}: folder {path.parent} does not exist")
-    save_file(masks, str(path))
+        raise WordybirdError(f"cannot write {path}: {no_folder(path.parent)}")
+    try:
+        save_file(masks, str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WordybirdError(f"cannot write {path}: {exc}") from exc

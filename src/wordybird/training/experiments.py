@@ -399,11 +399,50 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """A run's corpus and what training takes from it.
+
+    Loaded before the run folder is touched, so that a bad corpus (too short for one
+    window, tokens outside the model's vocabulary) costs nothing: not even the run that
+    ``--overwrite`` was about to replace.
+    """
+
+    corpus: Corpus
+    tokens: torch.Tensor
+    dataset: TokenDataset
+    masks: dict[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, config: TrainConfig) -> RunData:
+        corpus = load_corpus(config.corpus)
+        tokens = tokenize(corpus)
+        dataset = TokenDataset(tokens, config.model.n_positions)
+        return cls(corpus, tokens, dataset, token_masks(tokens, config.model.vocab_size))
+
+
 def _load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
+    """The checkpoint's GPT-2, refused unless every one of its weights comes from the folder.
+
+    ``from_pretrained`` gives weights the folder lacks random values, with only a log line:
+    another model's checkpoint (a Llama's) would silently "continue" as a fresh GPT-2. A
+    folder without ``config.json`` would be looked up on the Hub as a model name instead.
+    """
+    if not (checkpoint / "config.json").is_file():
+        raise WordybirdError(f"{checkpoint} holds no model (config.json is missing)")
     try:
-        return GPT2LMHeadModel.from_pretrained(str(checkpoint), dtype=torch.bfloat16)
+        model, info = GPT2LMHeadModel.from_pretrained(
+            str(checkpoint), dtype=torch.bfloat16, output_loading_info=True
+        )
     except (OSError, ValueError) as exc:
         raise WordybirdError(f"cannot load the model in {checkpoint}: {exc}") from exc
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise WordybirdError(
+            f"{checkpoint} does not hold a GPT-2 model's weights ({len(missing)} missing, such "
+            f"as {missing[0]}): is it a checkpoint of another model?"
+        )
+    return model
 
 
 def _model_config_of(model: GPT2LMHeadModel) -> ModelConfig:
@@ -415,6 +454,7 @@ def _execute(
     plan: RunPlan,
     out: Path,
     model: GPT2LMHeadModel,
+    data: RunData,
     *,
     resume_from: Path | None,
     resume_recording: bool,
@@ -425,12 +465,8 @@ def _execute(
     from wordybird.training.callback import RecorderCallback
 
     c = plan.config
-    corpus = load_corpus(c.corpus)
-    tokens = tokenize(corpus)
-    dataset = TokenDataset(tokens, c.model.n_positions)
-    masks = token_masks(tokens, c.model.vocab_size)
-    save_token_masks(masks, out / MASKS)
-    metadata = _metadata(plan, corpus, len(tokens), masks)
+    save_token_masks(data.masks, out / MASKS)
+    metadata = _metadata(plan, data.corpus, len(data.tokens), data.masks)
     (out / RUN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
 
     device = _device()
@@ -440,7 +476,7 @@ def _execute(
     trainer = WordybirdTrainer(
         model=model,
         args=_training_args(plan, out, compute),
-        train_dataset=dataset,
+        train_dataset=data.dataset,
         lr_factor=plan.lr_factor(),
         callbacks=[control],
     )
@@ -515,6 +551,7 @@ def train(
     """WB1/WB2: train a fresh model for ``config.steps`` steps, recording into ``out``."""
     config.validate()
     out = Path(out)
+    data = RunData.load(config)
     _prepare_out(out, overwrite=overwrite)
     plan = RunPlan(
         config,
@@ -523,7 +560,7 @@ def train(
         schedule=vars(LinearDecay(0, config.steps)),
     )
     model = build_model(config.model, config.seed)
-    return _execute(plan, out, model, resume_from=None, resume_recording=False)
+    return _execute(plan, out, model, data, resume_from=None, resume_recording=False)
 
 
 def resume(out: str | os.PathLike[str]) -> RunResult:
@@ -544,6 +581,7 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
         plan,
         out,
         model,
+        RunData.load(plan.config),
         resume_from=checkpoints[step],
         resume_recording=plan.config.record_every is not None,
     )
@@ -616,9 +654,15 @@ def continue_training(
         raise WordybirdError(f"unknown schedule {schedule!r}; choose restart, continue or constant")
 
     out = Path(out)
-    _prepare_out(out, overwrite=overwrite)
+    if overwrite and out.resolve() in checkpoint.resolve().parents:
+        raise WordybirdError(
+            f"--overwrite would delete the run in {out} before continuing from its "
+            f"{checkpoint}: pick another --out"
+        )
     model = _load_checkpoint_model(checkpoint)
     config = replace(config, model=_model_config_of(model))
+    data = RunData.load(config)
+    _prepare_out(out, overwrite=overwrite)
     plan = RunPlan(
         config,
         start_step=start,
@@ -635,7 +679,9 @@ def continue_training(
         return staging_dir
 
     try:
-        return _execute(plan, out, model, resume_from=None, resume_recording=False, staging=stage)
+        return _execute(
+            plan, out, model, data, resume_from=None, resume_recording=False, staging=stage
+        )
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
 
@@ -659,6 +705,7 @@ def _stage_checkpoint(
         state = _torch_load(source / _OPTIMIZER)
         try:  # validate against this model's optimizer before the Trainer loads it
             optimizer.load_state_dict(state)
+            _check_state_shapes(optimizer)
         except (ValueError, KeyError) as exc:
             raise WordybirdError(
                 f"the optimizer state in {source} does not fit its model: {exc}"
@@ -678,6 +725,22 @@ def _stage_checkpoint(
     )
     scheduler = LambdaLR(dummy, factor, last_epoch=plan.start_step - 1)
     torch.save(scheduler.state_dict(), staging / _SCHEDULER)
+
+
+def _check_state_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError if a loaded state tensor does not have its parameter's shape.
+
+    ``load_state_dict`` compares only the number of parameters in each group: Adam state of
+    a model of other sizes loads, and the first optimizer step fails, after the initial
+    state was recorded.
+    """
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(
+                    f"its {name} has shape {list(value.shape)} for a parameter of shape "
+                    f"{list(param.shape)}"
+                )
 
 
 # -- the summary --------------------------------------------------------------------------------
