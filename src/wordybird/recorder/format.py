@@ -439,6 +439,17 @@ class RecordingStore:
             self._arrays[name] = sync(self._group.getitem(name)).with_config(ARRAY_CONFIG)
         return self._arrays[name]
 
+    def open_arrays(self) -> bool:
+        """Open every named array now, for a reader; whether each holds the committed positions.
+
+        An opened array keeps the length it was opened with, so the positions below
+        ``committed`` stay readable (as old or re-recorded steps) even when a truncation
+        shrinks the arrays on disk later; opened lazily, one could already be shorter. An
+        array shorter now was shrunk by a truncation since the header was read.
+        """
+        names = [STEPS_FIELD, *self.fields] if self.fields else []
+        return all(self._array(name).shape[0] >= self.committed for name in names)
+
     def define_fields(self, specs: Mapping[str, FieldSpec]) -> None:
         """Create the arrays for a recording's fields (at its first step).
 
