@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ import zarr
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
+from wordybird.recorder import format
 from wordybird.recorder.format import RecordingStore, delta_decode, delta_encode
 
 MODES = ["default", "compact"]
@@ -360,6 +365,124 @@ def test_refresh_after_truncation_reads_the_steps_recorded_again(tmp_path: Path)
         reader.refresh()
         for s in (10, 11, 6, 19):  # 10 first: the reader had decoded it before
             assert same_bits(reader["embeddings"][s], make_step(s + 100, **big)["embeddings"])
+
+
+class Reader(threading.Thread):
+    """Reads a recording in a loop while it is written: refresh, read, refresh, check.
+
+    A read is checked against the snapshot taken right after it: if that one still shows
+    the same step number at the position, nothing replaced the position meanwhile (step
+    numbers are never recorded twice in :func:`test_concurrent_readers`), so the values
+    must be that step's, bit-exact. If not, a truncation raced the read, which FORMAT.md
+    allows to give a mix of old and new steps; it must not raise either way.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: dict[str, int],
+        seed: int,
+        pause: float,
+        truncations: Callable[[], int],
+    ) -> None:
+        super().__init__(name=f"reader-{seed}", daemon=True)
+        self.path, self.shape, self.rng = path, shape, random.Random(seed)
+        self.pause = pause  # up to this long between reading and refreshing
+        self.truncations = truncations  # how many the writer has begun
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.checked = self.raced = self.cuts_seen = 0
+        self.last = 0
+
+    def run(self) -> None:
+        try:
+            rec = wordybird.open(self.path)
+            steps, reads = rec.steps, []
+            while not self.stop.is_set():
+                truncations = self.truncations()
+                rec.refresh()
+                previous, steps = steps, rec.steps
+                if self.truncations() == truncations:  # else one raced the refresh itself
+                    assert (np.diff(steps) > 0).all(), steps
+                self.cuts_seen += not np.array_equal(steps[: len(previous)], previous)
+                self.check(reads, steps)
+                reads = self.read(rec) if len(steps) else []
+                self.stop.wait(self.rng.uniform(0, self.pause))
+        except BaseException as exc:
+            self.error = exc
+
+    def read(self, rec: wordybird.Recording) -> list[tuple[int, int, dict[str, torch.Tensor]]]:
+        """First the position read last before the refresh (compact mode's decoder would
+        reuse its bits if a refresh kept them), then a random position and the last one
+        (the most likely to be mid-write), in order."""
+        n = len(rec)
+        again = [self.last] if self.last < n else []
+        self.last = n - 1
+        return [
+            (p, int(rec.steps[p]), {field: rec[field][p] for field in rec.fields})
+            for p in [*again, *sorted({self.rng.randrange(n), n - 1})]
+        ]
+
+    def check(
+        self, reads: list[tuple[int, int, dict[str, torch.Tensor]]], steps: np.ndarray
+    ) -> None:
+        for position, step, values in reads:
+            if position >= len(steps) or steps[position] != step:
+                self.raced += 1
+                continue
+            for field, value in make_step(step, **self.shape).items():
+                assert same_bits(values[field], value), (field, step, position)
+            self.checked += 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_readers(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers never see a partial step, stale bits after a refresh, or an error, while the
+    writer records, truncates, and resumes (fields over 16 KiB: chunks per step, deltas)."""
+    path = tmp_path / "r.zarr"
+    shape = {"vocab": 300, "dim": 64}  # [300, 64] bf16: 38 KB
+    # each step of it in 3 chunks, as the notebook's [50257, 64] is in 4: a step half written
+    monkeypatch.setattr(format, "CHUNK_TARGET_BYTES", 16 << 10)
+    rng = random.Random(1)
+    numbers = itertools.count()  # never reused: a position re-recorded gets a new number
+    recorded = [next(numbers)]
+    writer = StreamingRecorder(path, mode=mode)
+    writer.record(recorded[0], make_step(recorded[0], **shape))
+    writer.flush()
+    truncations = 0
+    # one reader as fast as it goes, one pausing: a truncation and the re-recording after it
+    # then fall between two of its refreshes
+    readers = [
+        Reader(path, shape, seed, pause, lambda: truncations) for seed, pause in enumerate([0, 0.2])
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        for cycle in range(6):
+            for step in itertools.islice(numbers, rng.randint(10, 20)):
+                writer.record(step, make_step(step, **shape))
+                recorded.append(step)
+            keep = rng.choice(recorded[:-1])
+            truncations += 1
+            writer.truncate(after_step=keep)
+            recorded = recorded[: recorded.index(keep) + 1]
+            if cycle % 2:
+                writer.close()
+                writer = StreamingRecorder(path, resume=True)
+    finally:
+        writer.close()
+        for reader in readers:
+            reader.stop.set()
+            reader.join(60)
+    for reader in readers:
+        if reader.error is not None:
+            raise reader.error
+        seen = (
+            f"{reader.checked} reads checked, {reader.raced} raced by a truncation, "
+            f"{reader.cuts_seen} truncations seen"
+        )
+        assert reader.checked >= 10 and reader.cuts_seen > 0, seen
+    assert list(wordybird.open(path).steps) == recorded
 
 
 def test_an_unclosed_recorder_commits_its_queue_at_exit(tmp_path: Path) -> None:
