@@ -533,9 +533,11 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
     if not run_file.is_file():
         raise WordybirdError(f"cannot resume {out}: it holds no run ({RUN_FILE} is missing)")
     plan = RunPlan.from_dict(json.loads(run_file.read_text()))
-    checkpoints = _checkpoints(out)
+    checkpoints = {step: path for step, path in _checkpoints(out).items() if _finished(path)}
     if not checkpoints:
-        raise WordybirdError(f"cannot resume {out}: it holds no {CHECKPOINT_PREFIX}N folder")
+        raise WordybirdError(
+            f"cannot resume {out}: it holds no complete {CHECKPOINT_PREFIX}N folder"
+        )
     step = max(checkpoints)
     if step >= plan.end_step:
         raise WordybirdError(f"{out} is already complete: {checkpoints[step]} is its last step")
@@ -547,6 +549,17 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
         resume_from=checkpoints[step],
         resume_recording=plan.config.record_every is not None,
     )
+
+
+def _finished(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing ``checkpoint``: it writes trainer_state.json
+    last, so a process killed while saving leaves a folder without it (or with a torn one),
+    which resuming from would fail on, every time, as it stays the newest folder."""
+    try:
+        _trainer_state(checkpoint)
+    except WordybirdError:
+        return False
+    return True
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any]:
