@@ -269,6 +269,33 @@ def test_resume_cuts_back_steps_recorded_after_the_checkpoint(
             assert_same_bits(got[name][0:5], want[name][0:5])
 
 
+def test_a_run_killed_while_being_overwritten_is_not_resumed(
+    wb1: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite deletes the old run's files one by one: a process killed in the middle
+    must leave nothing that --resume would continue into a half-deleted recording."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(wb1, run)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(path: object, *args: object, **kwargs: object) -> None:
+        raise Killed  # the first folder the clearing deletes: the recording
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(Killed):
+        train(config(corpus, steps=3), run, overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(WordybirdError, match="holds no run"):
+        resume(run)
+    train(config(corpus, steps=3), run, overwrite=True)  # which clears it
+    with wordybird.open(run / "recording.zarr") as rec:
+        assert rec.steps.tolist() == [0, 1, 2, 3]
+
+
 def test_resume_refuses_a_recording_missing_steps_and_closes_it(
     corpus: Path, tmp_path: Path
 ) -> None:

@@ -391,11 +391,13 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
             f"{out} already holds a run; pass --overwrite to replace it or --resume to continue it"
         )
     if holds_run:
+        # run.json first: a process killed while clearing must not leave a run that --resume
+        # continues from an old checkpoint into a half-deleted recording
+        for name in (RUN_FILE, SUMMARY, MASKS):
+            (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / RECORDING, ignore_errors=True)
         for path in _checkpoints(out).values():
             shutil.rmtree(path)
-        for name in (RUN_FILE, SUMMARY, MASKS):
-            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
