@@ -26,6 +26,7 @@ import wordybird
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.export import select as export_select
 from wordybird.export import writer as export_writer
+from wordybird.export.layout import part_paths
 from wordybird.inspect import format_report, inspect_recording
 
 VOCAB, DIM, STEPS = 50, 4, 12
@@ -305,42 +306,67 @@ def test_files_that_are_not_exports(tmp_path: Path) -> None:
 
 # -- atomicity --------------------------------------------------------------------------------
 
-SLOW_EXPORT = textwrap.dedent("""
-    import sys, time
+HANGING_EXPORT = textwrap.dedent("""
+    import os, sys, time
     from wordybird.export import writer
+    store, out, target, hang_at, steps_per_file = sys.argv[1:]
+    writes = 0
     write = writer._write
-    def slow_write(fd, data, progress):
+    def write_then_hang(fd, data, progress):  # at the hang_at-th write into target's file
+        global writes
         write(fd, data, progress)
-        print("wrote", flush=True)
-        time.sleep(0.05)
-    writer._write = slow_write
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name == target or name.startswith(f".{target}."):  # itself, or its temporary
+            writes += 1
+            if writes == int(hang_at):
+                print("hanging", flush=True)
+                time.sleep(600)
+    writer._write = write_then_hang
     writer.BLOCK_BYTES = 1  # one step per block: many writes
-    writer.wordybird.export(sys.argv[1], sys.argv[2])
+    writer.export_safetensors(store, out, steps_per_file=int(steps_per_file) or None)
 """)
 
 
-def test_kill_9_during_an_export_leaves_no_file_under_the_name(
-    tmp_path: Path, stores: dict[str, Path]
+@pytest.mark.parametrize(
+    ("steps_per_file", "target", "hang_at", "complete"),
+    [
+        (None, "x.safetensors", 10, 0),  # well into the data, far from the end
+        (6, "x-00002-of-00004.safetensors", 10, 1),  # the second of 4 files
+        (6, "x.safetensors.index.json", 1, 4),  # every file, the index not renamed yet
+    ],
+)
+def test_kill_9_during_an_export_leaves_only_complete_files_under_final_names(
+    tmp_path: Path,
+    stores: dict[str, Path],
+    steps_per_file: int | None,
+    target: str,
+    hang_at: int,
+    complete: int,
 ) -> None:
     out = tmp_path / "out" / "x.safetensors"
     out.parent.mkdir()
+    args = [stores["default"], out, target, hang_at, steps_per_file or 0]
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_EXPORT, str(stores["default"]), str(out)],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", HANGING_EXPORT, *map(str, args)], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
-    for _ in range(10):  # well into the data, far from the end
-        assert proc.stdout.readline() == "wrote\n"
+    assert proc.stdout.readline() == "hanging\n"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not out.exists()
-    leftovers = list(out.parent.iterdir())
-    assert [p.name.startswith(".x.safetensors.") for p in leftovers] == [True]
+    # under a final name only complete files (the same bytes as an uninterrupted export
+    # writes, checked below), and never the index before them; the rest is hidden
+    finals = part_paths(out, 4)[:complete] if steps_per_file else []
+    left = sorted(out.parent.iterdir())
+    assert [p for p in left if not p.name.startswith(".")] == finals
+    assert [p.name.startswith(f".{target}.") for p in left if p not in finals] == [True]
+    written = {path: path.read_bytes() for path in finals}
     # the next export to that name completes and clears the dead process's leftover
-    wordybird.export(stores["default"], out)
-    assert [p.name for p in out.parent.iterdir()] == ["x.safetensors"]
-    assert load_file(out)["recorded_steps"].tolist() == list(range(100, 120))
+    index = wordybird.export(
+        stores["default"], out, steps_per_file=steps_per_file, overwrite=bool(steps_per_file)
+    )
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert all(path.read_bytes() == data for path, data in written.items())
+    assert wordybird.open(index).steps.tolist() == list(range(100, 120))
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])

@@ -243,14 +243,22 @@ def test_interrupt_then_resume_equals_uninterrupted_run(
             assert_same_bits(got[name][0:6], want[name][0:6])
 
 
-def test_resume_cuts_back_steps_recorded_after_the_checkpoint(corpus: Path, tmp_path: Path) -> None:
-    """A crash after checkpoint 2 but with steps 3-4 committed: resume re-runs them."""
+@pytest.mark.parametrize("checkpoint_4", ["absent", "half-written"])
+def test_resume_cuts_back_steps_recorded_after_the_checkpoint(
+    corpus: Path, tmp_path: Path, checkpoint_4: str
+) -> None:
+    """A crash after checkpoint 2 but with steps 3-4 committed: resume re-runs them. So it
+    does when the crash came while checkpoint 4 was being saved: trainer_state.json, which
+    the Trainer writes last, is missing from it."""
     import shutil
 
     cfg = config(corpus, steps=4, checkpoint_every=2)
     train(cfg, tmp_path / "whole")
     shutil.copytree(tmp_path / "whole", tmp_path / "crashed")
-    shutil.rmtree(tmp_path / "crashed" / "checkpoint-4")
+    if checkpoint_4 == "absent":
+        shutil.rmtree(tmp_path / "crashed" / "checkpoint-4")
+    else:
+        (tmp_path / "crashed" / "checkpoint-4" / "trainer_state.json").unlink()
     resume(tmp_path / "crashed")
     with (
         wordybird.open(tmp_path / "crashed" / "recording.zarr") as got,
@@ -259,6 +267,33 @@ def test_resume_cuts_back_steps_recorded_after_the_checkpoint(corpus: Path, tmp_
         assert got.steps.tolist() == [0, 1, 2, 3, 4]
         for name in want.fields:
             assert_same_bits(got[name][0:5], want[name][0:5])
+
+
+def test_a_run_killed_while_being_overwritten_is_not_resumed(
+    wb1: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--overwrite deletes the old run's files one by one: a process killed in the middle
+    must leave nothing that --resume would continue into a half-deleted recording."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(wb1, run)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(path: object, *args: object, **kwargs: object) -> None:
+        raise Killed  # the first folder the clearing deletes: the recording
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(Killed):
+        train(config(corpus, steps=3), run, overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(WordybirdError, match="holds no run"):
+        resume(run)
+    train(config(corpus, steps=3), run, overwrite=True)  # which clears it
+    with wordybird.open(run / "recording.zarr") as rec:
+        assert rec.steps.tolist() == [0, 1, 2, 3]
 
 
 def test_resume_refuses_a_recording_missing_steps_and_closes_it(

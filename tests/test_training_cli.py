@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 from safetensors.torch import load_file
 
 import wordybird
+from test_recorder import same_bits
+from wordybird.recorder.format import is_recording
 
 WORDYBIRD = str(Path(sys.executable).with_name("wordybird"))
 TINY = ["--n-embd", "8", "--n-layer", "1", "--n-head", "1", "--n-positions", "16"]
+#: A run to kill and resume many times: short, with a checkpoint every 5 steps.
+KILLED_RUN_STEPS = 40
+KILLED_RUN = [
+    "--steps", str(KILLED_RUN_STEPS), "--batch-size", "2", "--checkpoint-every", "5", *TINY,
+]  # fmt: skip
 
 
 def wordybird_cli(*args: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -28,11 +38,15 @@ def wordybird_cli(*args: str | Path, **kwargs) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "toy.txt"
+def write_corpus(path: Path) -> Path:
+    """A toy corpus: a few words over and over."""
     path.write_text(" ".join(f"word{i % 37} the cat" for i in range(800)), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "toy.txt")
 
 
 def test_train_then_continue(corpus: Path, tmp_path: Path) -> None:
@@ -113,3 +127,131 @@ def test_ctrl_c_keeps_steps_and_writes_a_checkpoint(corpus: Path, tmp_path: Path
     assert (out / f"checkpoint-{step}" / "optimizer.pt").is_file()
     with wordybird.open(out / "recording.zarr") as rec:
         assert rec.steps.tolist() == list(range(step + 1))
+
+
+# -- kill -9 at random moments ---------------------------------------------------------------
+
+
+def header_changed(run: Path) -> Callable[[], bool]:
+    """A test of whether the run's recording header has changed since now (created, rewritten
+    or removed): the sign that a process started now has reached the recording."""
+    header = run / "recording.zarr" / "zarr.json"
+
+    def stamp() -> int | None:
+        try:
+            return header.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    before = stamp()
+    return lambda: stamp() != before
+
+
+def start_train(run: Path, corpus: Path, mode: str, log: IO[str]) -> subprocess.Popen[bytes]:
+    """Resume the run in ``run`` if it can be (it has a complete checkpoint) and is not
+    complete, else start it over; return once the process has reached the recording."""
+    checkpoint = last_checkpoint(run)
+    if checkpoint is not None and checkpoint < KILLED_RUN_STEPS and (run / "run.json").is_file():
+        command = [WORDYBIRD, "train", "--resume", "--out", str(run)]
+    else:
+        command = [WORDYBIRD, "train", "--corpus", str(corpus), "--out", str(run)]
+        command += ["--mode", mode, "--overwrite", *KILLED_RUN]
+    reached = header_changed(run)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 300
+    while not reached() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process
+
+
+def last_checkpoint(run: Path) -> int | None:
+    """The step of the run's last complete checkpoint (the Trainer writes trainer_state.json
+    last), if any."""
+    return max(
+        (
+            int(path.name.removeprefix("checkpoint-"))
+            for path in run.glob("checkpoint-*")
+            if (path / "trainer_state.json").is_file()
+        ),
+        default=None,
+    )
+
+
+def check_run(run: Path, reference: Path, *, whole: bool) -> None:
+    """The run's committed steps are 0..n-1, each bit-exact the uninterrupted run's, and
+    reach its last complete checkpoint (all of the reference's steps if ``whole``)."""
+    with (
+        wordybird.open(run / "recording.zarr") as got,
+        wordybird.open(reference / "recording.zarr") as want,
+    ):
+        n = len(got)
+        assert got.steps.tolist() == list(range(n))
+        assert n == len(want) if whole else n <= len(want)
+        checkpoint = last_checkpoint(run)
+        assert checkpoint is None or checkpoint < n, (
+            f"checkpoint-{checkpoint} is ahead of the recording's {n} committed steps"
+        )
+        for name in want.fields:
+            assert same_bits(got[name][0:n], want[name][0:n]), name
+
+
+def reference_run(reference: Path, corpus: Path, mode: str) -> float:
+    """Run the killed runs' settings uninterrupted; return the seconds from the moment it
+    reached its recording to its end (the span random kills are drawn from)."""
+    with reference.with_suffix(".log").open("w") as log:
+        process = start_train(reference, corpus, mode, log)
+        started = time.monotonic()
+        assert process.wait(timeout=600) == 0, reference.with_suffix(".log").read_text()
+    return time.monotonic() - started
+
+
+def kill_train_and_check(
+    run: Path, reference: Path, corpus: Path, mode: str, kill_at: float
+) -> bool:
+    """Resume (or start) `wordybird train` in ``run``, SIGKILL it ``kill_at`` seconds after
+    it reached the recording, then check the run against the uninterrupted ``reference``.
+
+    After a kill the recording must reach the last complete checkpoint (the recorder is
+    flushed before each checkpoint: that is what a kill may not lose, as the resume goes
+    on from there), and every committed step must equal the reference's, bit-exact (the
+    Trainer restores the data order and RNG state, so a resumed run repeats it). A run
+    that completes before the kill is checked whole (and the next call starts it over).
+    Returns whether the process was killed.
+    """
+    log_path = run.with_suffix(".log")
+    with log_path.open("w") as log:
+        process = start_train(run, corpus, mode, log)
+        try:
+            process.wait(timeout=kill_at)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+    killed = process.returncode == -signal.SIGKILL
+    assert killed or process.returncode == 0, log_path.read_text()[-3000:]
+    if (run / "run.json").is_file() and is_recording(run / "recording.zarr"):
+        check_run(run, reference, whole=not killed)
+    return killed
+
+
+def finish_and_check(run: Path, reference: Path, corpus: Path, mode: str) -> None:
+    """Let the killed run finish uninterrupted: it equals the reference, bit-exact."""
+    if last_checkpoint(run) == KILLED_RUN_STEPS:
+        check_run(run, reference, whole=True)
+    else:
+        assert not kill_train_and_check(run, reference, corpus, mode, kill_at=600)
+
+
+@pytest.mark.slow
+def test_random_kills_of_train_then_resume_equal_an_uninterrupted_run(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """10 kills -9 of `wordybird train` at random moments, each followed by `train --resume`
+    (or a new start when no checkpoint was written yet)."""
+    rng = random.Random(7)
+    window = reference_run(tmp_path / "reference", corpus, "default")
+    kills = 0
+    while kills < 10:
+        kills += kill_train_and_check(
+            tmp_path / "run", tmp_path / "reference", corpus, "default", rng.uniform(0, window)
+        )
+    finish_and_check(tmp_path / "run", tmp_path / "reference", corpus, "default")

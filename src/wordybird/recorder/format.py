@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import os
 import shutil
@@ -270,6 +271,23 @@ class RecordingStore:
                 found.append((block, str(exc)))
         return found
 
+    def open_arrays(self) -> bool:
+        """Open every named array now, for a reader; whether each holds the committed positions.
+
+        An opened array keeps the length it was opened with, so the positions below
+        ``committed`` stay readable (as old or re-recorded steps) even when a truncation
+        shrinks the arrays on disk later; opened lazily, one could already be shorter. An
+        array shorter now was shrunk by a truncation since the header was read.
+        """
+        names = [STEPS_FIELD, *self.fields] if self.fields else []
+        held = True
+        for name in names:
+            try:
+                held = held and self._array(name).shape[0] >= self.committed
+            except DamagedRecordingError:
+                continue  # broken array metadata: reported when the field is read
+        return held
+
     def define_fields(self, specs: Mapping[str, FieldSpec]) -> None:
         """Create the arrays for a recording's fields (at its first step).
 
@@ -387,10 +405,23 @@ class RecordingStore:
                     raise FileNotFoundError(f"chunk file {chunk.relative_to(self.path)} is missing")
             return sync(array.getitem(index))
         except (ValueError, RuntimeError, OSError) as exc:  # checksum, codec, I/O errors
+            if positions and positions[-1] >= self._committed_on_disk():
+                raise WordybirdError(
+                    f"{self.path}: field {name!r} at position {positions[-1]} was removed by "
+                    "a truncation after this reader opened the recording; refresh() it"
+                ) from exc
             raise DamagedRecordingError(
                 f"{self.path}: field {name!r} at {self._where(name, index)} cannot be read "
                 f"(the recording is damaged there): {exc}"
             ) from exc
+
+    def _committed_on_disk(self) -> int:
+        """``committed`` as the header on disk says now (a reader's copy may be older)."""
+        try:
+            header = json.loads((self.path / "zarr.json").read_bytes())
+            return int(header["attributes"]["wordybird"]["committed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.committed
 
     def _where(self, name: str, index: int | slice) -> str:
         """Positions ``index`` in words, with their step numbers when those can be read."""

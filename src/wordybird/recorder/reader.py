@@ -32,8 +32,16 @@ class ZarrRecording(Recording):
         The store is opened anew: nothing read before (array shapes, compact mode's last
         decoded step) survives, since a writer may have truncated and re-recorded since.
         """
-        self._store = RecordingStore.open(self.path, read_only=True)
-        self._steps = self._store.steps()
+        store = RecordingStore.open(self.path, read_only=True)
+        while not store.open_arrays():
+            # a truncation shrank an array after the header was read: read the header again
+            # (if it has not changed, the store is damaged instead, which reads report)
+            again = RecordingStore.open(self.path, read_only=True)
+            if again.committed == store.committed:
+                break
+            store = again
+        self._store = store
+        self._steps = store.steps()
 
     @property
     def steps(self) -> np.ndarray:

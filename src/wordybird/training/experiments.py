@@ -391,11 +391,13 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
             f"{out} already holds a run; pass --overwrite to replace it or --resume to continue it"
         )
     if holds_run:
+        # run.json first: a process killed while clearing must not leave a run that --resume
+        # continues from an old checkpoint into a half-deleted recording
+        for name in (RUN_FILE, SUMMARY, MASKS):
+            (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / RECORDING, ignore_errors=True)
         for path in _checkpoints(out).values():
             shutil.rmtree(path)
-        for name in (RUN_FILE, SUMMARY, MASKS):
-            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -570,9 +572,11 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
     if not run_file.is_file():
         raise WordybirdError(f"cannot resume {out}: it holds no run ({RUN_FILE} is missing)")
     plan = RunPlan.from_dict(json.loads(run_file.read_text()))
-    checkpoints = _checkpoints(out)
+    checkpoints = {step: path for step, path in _checkpoints(out).items() if _finished(path)}
     if not checkpoints:
-        raise WordybirdError(f"cannot resume {out}: it holds no {CHECKPOINT_PREFIX}N folder")
+        raise WordybirdError(
+            f"cannot resume {out}: it holds no complete {CHECKPOINT_PREFIX}N folder"
+        )
     step = max(checkpoints)
     if step >= plan.end_step:
         raise WordybirdError(f"{out} is already complete: {checkpoints[step]} is its last step")
@@ -585,6 +589,17 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
         resume_from=checkpoints[step],
         resume_recording=plan.config.record_every is not None,
     )
+
+
+def _finished(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing ``checkpoint``: it writes trainer_state.json
+    last, so a process killed while saving leaves a folder without it (or with a torn one),
+    which resuming from would fail on, every time, as it stays the newest folder."""
+    try:
+        _trainer_state(checkpoint)
+    except WordybirdError:
+        return False
+    return True
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any]:
