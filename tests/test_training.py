@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 import wordybird
 from wordybird.errors import WordybirdError
 from wordybird.training import experiments
+from wordybird.training.control import RunControl
 from wordybird.training.data import TokenDataset, read_corpus, token_masks, tokenize
 from wordybird.training.experiments import TrainConfig, continue_training, resume, train
 from wordybird.training.model import ModelConfig, build_model, compute_in
@@ -102,7 +104,7 @@ def test_fp32_compute_keeps_bf16_params_tied_and_grads_bf16() -> None:
     )
 
 
-class _Capture(experiments.TrainerCallback):
+class _Capture(TrainerCallback):
     """What the Trainer really holds: clipped grads before the step, state after it."""
 
     def __init__(self) -> None:
@@ -219,14 +221,14 @@ def test_interrupt_then_resume_equals_uninterrupted_run(
     cfg = config(corpus, steps=5)
     train(cfg, tmp_path / "whole")
 
-    original = experiments._RunControl.on_step_end
+    original = RunControl.on_step_end
 
     def interrupt_at_3(self, args, state, control, **kwargs):
         if state.global_step == 3:
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C would
         return original(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(experiments._RunControl, "on_step_end", interrupt_at_3)
+    monkeypatch.setattr(RunControl, "on_step_end", interrupt_at_3)
     with pytest.raises(WordybirdError, match=r"interrupted after step 3.*checkpoint-3"):
         train(cfg, tmp_path / "cut")
     with wordybird.open(tmp_path / "cut" / "recording.zarr") as rec:

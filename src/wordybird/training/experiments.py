@@ -19,24 +19,43 @@ three:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
-import signal
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from transformers import GPT2LMHeadModel, ProgressCallback, TrainingArguments
 
 from wordybird.errors import WordybirdError
+from wordybird.training.checkpoints import (
+    OPTIMIZER_FILE,
+    SCHEDULER_FILE,
+    is_complete,
+    list_checkpoints,
+    load_checkpoint_model,
+    model_config_of,
+    stage_checkpoint,
+    torch_load,
+    trainer_state,
+)
+from wordybird.training.config import (
+    CHECKPOINT_PREFIX,
+    MASKS,
+    RECORDING,
+    RUN_FILE,
+    SUMMARY,
+    RunPlan,
+    RunResult,
+    Schedule,
+    TrainConfig,
+)
+from wordybird.training.control import RunControl
 from wordybird.training.data import (
     Corpus,
     TokenDataset,
@@ -45,248 +64,17 @@ from wordybird.training.data import (
     token_masks,
     tokenize,
 )
-from wordybird.training.model import (
-    ComputeDtype,
-    ModelConfig,
-    build_model,
-    compute_in,
-    resolve_compute_dtype,
+from wordybird.training.model import build_model, compute_in, resolve_compute_dtype
+from wordybird.training.schedules import (
+    ConstantFactor,
+    LinearDecay,
+    LRFactor,
+    WordybirdTrainer,
+    schedule_from_state,
 )
-from wordybird.training.tokenizer import set_offline
+from wordybird.training.summary import format_summary, summarize
 
-set_offline()
-
-from transformers import (  # noqa: E402  (after set_offline: nothing may reach the network)
-    GPT2LMHeadModel,
-    ProgressCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
-
-Schedule = Literal["restart", "continue", "constant"]
-
-RECORDING = "recording.zarr"
-MASKS = "token_masks.safetensors"
-SUMMARY = "summary.json"
-RUN_FILE = "run.json"
-CHECKPOINT_PREFIX = "checkpoint-"
-_OPTIMIZER = "optimizer.pt"
-_SCHEDULER = "scheduler.pt"
-_TRAINER_STATE = "trainer_state.json"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a run; the defaults are the notebook's WB1."""
-
-    steps: int = 100
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    record_every: int | None = 1  # None: no recording
-    checkpoint_every: int | None = None  # None: only the final checkpoint
-    compute_dtype: ComputeDtype = "auto"
-    mode: Literal["default", "compact"] = "default"
-    durable: bool = False  # fsync each recorded step before committing it (FORMAT.md)
-    corpus: str | None = None  # None: the stdlib documentation corpus
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise WordybirdError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("record_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise WordybirdError(f"{name} must be positive, got {value}")
-        if not self.learning_rate > 0:
-            raise WordybirdError(f"the learning rate must be positive, got {self.learning_rate}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return cls(**{**data, "model": ModelConfig(**data["model"])})
-
-
-# -- learning-rate schedules ------------------------------------------------------------------
-# Callable objects rather than closures: LambdaLR saves a callable object's __dict__ in its
-# state_dict, so a checkpoint's scheduler.pt says which schedule it follows.
-
-
-class LinearDecay:
-    """LR factor falling linearly from 1 at step ``start`` to 0 at ``end`` (the Trainer's
-    default schedule when ``start`` is 0), and 0 after."""
-
-    def __init__(self, start: int, end: int) -> None:
-        self.kind = "linear"
-        self.start = start
-        self.end = end
-
-    def __call__(self, step: int) -> float:
-        return max(0.0, (self.end - step) / max(1, self.end - self.start))
-
-
-class ConstantFactor:
-    """A constant LR factor."""
-
-    def __init__(self, factor: float) -> None:
-        self.kind = "constant"
-        self.factor = factor
-
-    def __call__(self, step: int) -> float:
-        return self.factor
-
-
-LRFactor = LinearDecay | ConstantFactor
-
-
-def schedule_from_state(lambda_state: dict[str, Any] | None, trainer_max_steps: int) -> LRFactor:
-    """The schedule a saved ``scheduler.pt`` follows.
-
-    wordybird's schedules name themselves; a plain Trainer checkpoint's (an empty dict) is the
-    Trainer's default linear decay over its run's ``max_steps``.
-    """
-    state = lambda_state or {}
-    if state.get("kind") == "linear":
-        return LinearDecay(int(state["start"]), int(state["end"]))
-    if state.get("kind") == "constant":
-        return ConstantFactor(float(state["factor"]))
-    return LinearDecay(0, trainer_max_steps)
-
-
-class WordybirdTrainer(Trainer):
-    """A ``Trainer`` whose LR schedule is a :data:`LRFactor` of the global step."""
-
-    def __init__(self, *args: Any, lr_factor: LRFactor, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lr_factor = lr_factor
-
-    def create_scheduler(
-        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
-    ) -> LambdaLR:
-        if self.lr_scheduler is None:
-            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.lr_factor)
-            self._created_lr_scheduler = True
-        return self.lr_scheduler
-
-
-# -- run control: progress bar, interrupts, timing --------------------------------------------
-
-
-class _RunControl(TrainerCallback):
-    """Progress bar with loss; Ctrl-C stops after the current step with a checkpoint."""
-
-    def __init__(self) -> None:
-        self.interrupted = False
-        self.bar: Any = None
-        self.started = math.nan
-        self.ended = math.nan
-        self.first_step: int | None = None
-        self.last_step: int | None = None
-        self.last_loss = math.nan
-
-    def on_train_begin(self, args, state, control, **kwargs: Any) -> None:
-        from tqdm.auto import tqdm
-
-        self.first_step = state.global_step
-        self.bar = tqdm(
-            total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True
-        )
-        self.started = time.perf_counter()
-
-    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
-        if logs and "loss" in logs and self.bar is not None:
-            self.last_loss = float(logs["loss"])
-            self.bar.set_postfix(loss=f"{self.last_loss:.4f}")
-
-    def on_step_end(self, args, state, control, **kwargs: Any) -> None:
-        self.last_step = state.global_step
-        if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
-        if self.interrupted:
-            control.should_training_stop = True
-            control.should_save = True
-
-    def on_train_end(self, args, state, control, **kwargs: Any) -> None:
-        self.ended = time.perf_counter()
-        if self.bar is not None:
-            self.bar.close()
-
-    @contextmanager
-    def catching_interrupts(self) -> Iterator[None]:
-        """The first Ctrl-C asks for a clean stop; a second one interrupts at once."""
-
-        def stop(signum: int, frame: Any) -> None:
-            self.interrupted = True
-            signal.signal(signal.SIGINT, previous)
-            if self.bar is not None:
-                self.bar.write("interrupt: stopping after this step and writing a checkpoint")
-
-        try:
-            previous = signal.signal(signal.SIGINT, stop)
-        except ValueError:  # not the main thread: no signal handling there
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    @property
-    def seconds_per_step(self) -> float:
-        steps = (self.last_step or 0) - (self.first_step or 0)
-        return (self.ended - self.started) / steps if steps > 0 else math.nan
-
-
-# -- the run ------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunPlan:
-    """What one invocation does; saved as ``run.json`` so ``--resume`` can redo it."""
-
-    config: TrainConfig
-    start_step: int = 0
-    base_lr: float = 1e-3
-    schedule: dict[str, Any] = field(default_factory=dict)  # the LRFactor's __dict__
-    continued_from: str | None = None
-    schedule_mode: str | None = None  # continue's --schedule
-    fresh_optimizer: bool | None = None
-
-    @property
-    def end_step(self) -> int:
-        return self.start_step + self.config.steps
-
-    def lr_factor(self) -> LRFactor:
-        return schedule_from_state(self.schedule, self.end_step)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "config": self.config.to_dict(), "end_step": self.end_step}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunPlan:
-        data = {k: v for k, v in data.items() if k != "end_step"}
-        return cls(**{**data, "config": TrainConfig.from_dict(data["config"])})
-
-
-@dataclass
-class RunResult:
-    """What a finished run produced."""
-
-    out: Path
-    first_step: int
-    last_step: int
-    seconds_per_step: float
-    checkpoint: Path
-    summary: dict[str, Any]
+__all__ = ["TrainConfig", "continue_training", "format_summary", "resume", "train"]
 
 
 def _device() -> torch.device:
@@ -372,20 +160,13 @@ def _training_args(plan: RunPlan, out: Path, compute: torch.dtype) -> TrainingAr
     )
 
 
-def _checkpoints(out: Path) -> dict[int, Path]:
-    found = {}
-    for path in out.glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX) :]
-        if path.is_dir() and suffix.isdigit():
-            found[int(suffix)] = path
-    return found
-
-
 def _prepare_out(out: Path, *, overwrite: bool) -> None:
     """Refuse to clobber a recording unless asked; with ``overwrite``, clear the old run."""
     if out.exists() and not out.is_dir():
         raise WordybirdError(f"output {out} exists and is not a folder")
-    holds_run = (out / RECORDING).exists() or bool(_checkpoints(out)) or (out / RUN_FILE).exists()
+    holds_run = (
+        (out / RECORDING).exists() or bool(list_checkpoints(out)) or (out / RUN_FILE).exists()
+    )
     if holds_run and not overwrite:
         raise WordybirdError(
             f"{out} already holds a run; pass --overwrite to replace it or --resume to continue it"
@@ -396,7 +177,7 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
         for name in (RUN_FILE, SUMMARY, MASKS):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / RECORDING, ignore_errors=True)
-        for path in _checkpoints(out).values():
+        for path in list_checkpoints(out).values():
             shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -423,35 +204,6 @@ class RunData:
         return cls(corpus, tokens, dataset, token_masks(tokens, config.model.vocab_size))
 
 
-def _load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
-    """The checkpoint's GPT-2, refused unless every one of its weights comes from the folder.
-
-    ``from_pretrained`` gives weights the folder lacks random values, with only a log line:
-    another model's checkpoint (a Llama's) would silently "continue" as a fresh GPT-2. A
-    folder without ``config.json`` would be looked up on the Hub as a model name instead.
-    """
-    if not (checkpoint / "config.json").is_file():
-        raise WordybirdError(f"{checkpoint} holds no model (config.json is missing)")
-    try:
-        model, info = GPT2LMHeadModel.from_pretrained(
-            str(checkpoint), dtype=torch.bfloat16, output_loading_info=True
-        )
-    except (OSError, ValueError) as exc:
-        raise WordybirdError(f"cannot load the model in {checkpoint}: {exc}") from exc
-    missing = sorted(info["missing_keys"])
-    if missing:
-        raise WordybirdError(
-            f"{checkpoint} does not hold a GPT-2 model's weights ({len(missing)} missing, such "
-            f"as {missing[0]}): is it a checkpoint of another model?"
-        )
-    return model
-
-
-def _model_config_of(model: GPT2LMHeadModel) -> ModelConfig:
-    cfg = model.config
-    return ModelConfig(cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_positions)
-
-
 def _execute(
     plan: RunPlan,
     out: Path,
@@ -474,7 +226,7 @@ def _execute(
     device = _device()
     compute = resolve_compute_dtype(c.compute_dtype, device)
     compute_in(model, compute)
-    control = _RunControl()
+    control = RunControl()
     trainer = WordybirdTrainer(
         model=model,
         args=_training_args(plan, out, compute),
@@ -572,7 +324,7 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
     if not run_file.is_file():
         raise WordybirdError(f"cannot resume {out}: it holds no run ({RUN_FILE} is missing)")
     plan = RunPlan.from_dict(json.loads(run_file.read_text()))
-    checkpoints = {step: path for step, path in _checkpoints(out).items() if _finished(path)}
+    checkpoints = {step: path for step, path in list_checkpoints(out).items() if is_complete(path)}
     if not checkpoints:
         raise WordybirdError(
             f"cannot resume {out}: it holds no complete {CHECKPOINT_PREFIX}N folder"
@@ -580,7 +332,7 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
     step = max(checkpoints)
     if step >= plan.end_step:
         raise WordybirdError(f"{out} is already complete: {checkpoints[step]} is its last step")
-    model = _load_checkpoint_model(checkpoints[step])
+    model = load_checkpoint_model(checkpoints[step])
     return _execute(
         plan,
         out,
@@ -589,34 +341,6 @@ def resume(out: str | os.PathLike[str]) -> RunResult:
         resume_from=checkpoints[step],
         resume_recording=plan.config.record_every is not None,
     )
-
-
-def _finished(checkpoint: Path) -> bool:
-    """Whether the Trainer finished writing ``checkpoint``: it writes trainer_state.json
-    last, so a process killed while saving leaves a folder without it (or with a torn one),
-    which resuming from would fail on, every time, as it stays the newest folder."""
-    try:
-        _trainer_state(checkpoint)
-    except WordybirdError:
-        return False
-    return True
-
-
-def _trainer_state(checkpoint: Path) -> dict[str, Any]:
-    path = checkpoint / _TRAINER_STATE
-    if not path.is_file():
-        raise WordybirdError(f"{checkpoint} is not a Trainer checkpoint ({_TRAINER_STATE} missing)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise WordybirdError(f"cannot read {path}: {exc}") from exc
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a damaged file
-        raise WordybirdError(f"cannot read {path}: {exc}") from exc
 
 
 def continue_training(
@@ -639,14 +363,16 @@ def continue_training(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise WordybirdError(f"checkpoint {checkpoint} does not exist or is not a folder")
-    state = _trainer_state(checkpoint)
+    state = trainer_state(checkpoint)
     start = int(state.get("global_step", 0))
-    if not fresh_optimizer and not (checkpoint / _OPTIMIZER).is_file():
+    if not fresh_optimizer and not (checkpoint / OPTIMIZER_FILE).is_file():
         raise WordybirdError(
-            f"{checkpoint} holds no optimizer state ({_OPTIMIZER}); pass --fresh-optimizer "
+            f"{checkpoint} holds no optimizer state ({OPTIMIZER_FILE}); pass --fresh-optimizer "
             "to start Adam from zero as the notebook did"
         )
-    saved = _torch_load(checkpoint / _SCHEDULER) if (checkpoint / _SCHEDULER).is_file() else None
+    saved = (
+        torch_load(checkpoint / SCHEDULER_FILE) if (checkpoint / SCHEDULER_FILE).is_file() else None
+    )
     saved_factor = schedule_from_state(
         (saved or {}).get("lr_lambdas", [None])[0], int(state.get("max_steps", start))
     )
@@ -655,7 +381,7 @@ def continue_training(
         factor: LRFactor = LinearDecay(start, start + config.steps)
     elif schedule == "continue":
         if saved is None:
-            raise WordybirdError(f"{checkpoint} holds no scheduler state ({_SCHEDULER})")
+            raise WordybirdError(f"{checkpoint} holds no scheduler state ({SCHEDULER_FILE})")
         factor = saved_factor
         if factor(start) == 0.0:
             warnings.warn(
@@ -674,8 +400,8 @@ def continue_training(
             f"--overwrite would delete the run in {out} before continuing from its "
             f"{checkpoint}: pick another --out"
         )
-    model = _load_checkpoint_model(checkpoint)
-    config = replace(config, model=_model_config_of(model))
+    model = load_checkpoint_model(checkpoint)
+    config = replace(config, model=model_config_of(model))
     data = RunData.load(config)
     _prepare_out(out, overwrite=overwrite)
     plan = RunPlan(
@@ -690,7 +416,7 @@ def continue_training(
     staging_dir = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
 
     def stage(trainer: WordybirdTrainer) -> Path:
-        _stage_checkpoint(checkpoint, staging_dir, trainer, plan, fresh=fresh_optimizer)
+        stage_checkpoint(checkpoint, staging_dir, trainer, plan, fresh=fresh_optimizer)
         return staging_dir
 
     try:
@@ -699,136 +425,3 @@ def continue_training(
         )
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
-
-
-def _stage_checkpoint(
-    source: Path, staging: Path, trainer: WordybirdTrainer, plan: RunPlan, *, fresh: bool
-) -> None:
-    """A checkpoint folder that makes the Trainer's resume start exactly as planned.
-
-    Weights, RNG and trainer state are the source's (linked); ``optimizer.pt`` is the
-    source's Adam state or a fresh optimizer's, with the learning rate the plan's schedule
-    gives at the starting step; ``scheduler.pt`` is the plan's schedule at that step.
-    """
-    for item in source.iterdir():
-        if item.name not in (_OPTIMIZER, _SCHEDULER) and item.is_file():
-            (staging / item.name).symlink_to(item.resolve())
-    optimizer = trainer.create_optimizer()
-    if fresh:
-        state = optimizer.state_dict()
-    else:
-        state = _torch_load(source / _OPTIMIZER)
-        try:  # validate against this model's optimizer before the Trainer loads it
-            optimizer.load_state_dict(state)
-            _check_state_shapes(optimizer)
-        except (ValueError, KeyError) as exc:
-            raise WordybirdError(
-                f"the optimizer state in {source} does not fit its model: {exc}"
-            ) from exc
-        state = optimizer.state_dict()
-    factor = plan.lr_factor()
-    lr = plan.base_lr * factor(plan.start_step)
-    for group in state["param_groups"]:
-        group["lr"] = lr
-        group["initial_lr"] = plan.base_lr
-    torch.save(state, staging / _OPTIMIZER)
-    # the schedule's own state at the starting step: a throwaway optimizer with as many
-    # groups carries it, since LambdaLR needs one to exist
-    dummy = torch.optim.SGD(
-        [{"params": [torch.zeros(1)], "initial_lr": plan.base_lr} for _ in state["param_groups"]],
-        lr=plan.base_lr,
-    )
-    scheduler = LambdaLR(dummy, factor, last_epoch=plan.start_step - 1)
-    torch.save(scheduler.state_dict(), staging / _SCHEDULER)
-
-
-def _check_state_shapes(optimizer: torch.optim.Optimizer) -> None:
-    """Raise ValueError if a loaded state tensor does not have its parameter's shape.
-
-    ``load_state_dict`` compares only the number of parameters in each group: Adam state of
-    a model of other sizes loads, and the first optimizer step fails, after the initial
-    state was recorded.
-    """
-    for param, state in optimizer.state.items():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
-                raise ValueError(
-                    f"its {name} has shape {list(value.shape)} for a parameter of shape "
-                    f"{list(param.shape)}"
-                )
-
-
-# -- the summary --------------------------------------------------------------------------------
-
-
-def summarize(
-    out: Path, trainer: WordybirdTrainer, control: _RunControl, plan: RunPlan
-) -> dict[str, Any]:
-    """The notebook's closing numbers, read back lazily; written to ``summary.json``."""
-    from safetensors.torch import load_file
-
-    import wordybird
-
-    logged = [
-        (int(e["step"]), float(e["loss"]))
-        for e in trainer.state.log_history
-        if "loss" in e and e.get("step", 0) > plan.start_step
-    ]
-    summary: dict[str, Any] = {
-        "first_step": plan.start_step,
-        "last_step": trainer.state.global_step,
-        "seconds_per_step": control.seconds_per_step,
-        "checkpoint": str(out / f"{CHECKPOINT_PREFIX}{trainer.state.global_step}"),
-    }
-    if logged:
-        summary["loss_first"] = {"step": logged[0][0], "loss": logged[0][1]}
-        summary["loss_last"] = {"step": logged[-1][0], "loss": logged[-1][1]}
-    if (out / RECORDING).exists():
-        untrained = load_file(str(out / MASKS))["untrained_indices"]
-        with wordybird.open(out / RECORDING) as rec:
-            summary["recording"] = str(out / RECORDING)
-            summary["recorded_steps"] = len(rec)
-            if len(rec) >= 2 and len(untrained):
-                emb = rec["embeddings"]
-                first, last = emb[0][untrained].float(), emb[-1][untrained].float()
-                disp = torch.linalg.vector_norm(last - first, dim=1)
-                summary["untrained_displacement"] = {
-                    "from_step": int(rec.steps[0]),
-                    "to_step": int(rec.steps[-1]),
-                    "tokens": len(untrained),
-                    "max": disp.max().item(),
-                    "mean": disp.mean().item(),
-                    "median": disp.median().item(),
-                }
-            summary["bytes_on_disk"] = sum(rec.nbytes_on_disk(f) for f in rec.fields)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def format_summary(result: RunResult) -> str:
-    """The summary as the notebook printed it."""
-    s = result.summary
-    lines = [
-        f"Training complete: steps {result.first_step + 1}-{result.last_step} "
-        f"({s['seconds_per_step']:.2f} s/step)"
-    ]
-    if "loss_first" in s:
-        a, b = s["loss_first"], s["loss_last"]
-        lines.append(
-            f"  Loss: step {a['step']} {a['loss']:.4f} -> step {b['step']} {b['loss']:.4f} "
-            f"(change {b['loss'] - a['loss']:+.4f})"
-        )
-    d = s.get("untrained_displacement")
-    if d:
-        lines.append(
-            f"  Untrained-token displacement (steps {d['from_step']} -> {d['to_step']}, "
-            f"{d['tokens']:,} tokens): max {d['max']:.2e}  mean {d['mean']:.2e}  "
-            f"median {d['median']:.2e}"
-        )
-    if "recording" in s:
-        lines.append(
-            f"  Recording: {s['recording']} ({s['recorded_steps']} steps, "
-            f"{s['bytes_on_disk'] / 1e6:.1f} MB on disk)"
-        )
-    lines.append(f"  Checkpoint: {s['checkpoint']}")
-    return "\n".join(lines)

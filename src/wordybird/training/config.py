@@ -1,0 +1,101 @@
+"""What a run is: its settings (:class:`TrainConfig`, the notebook's defaults), the plan one
+invocation carries out (saved as ``run.json`` so ``--resume`` can redo it), what it
+produced, and the names of the files a run folder holds."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from wordybird.errors import WordybirdError
+from wordybird.training.model import ComputeDtype, ModelConfig
+from wordybird.training.schedules import LRFactor, schedule_from_state
+
+Schedule = Literal["restart", "continue", "constant"]
+
+RECORDING = "recording.zarr"
+MASKS = "token_masks.safetensors"
+SUMMARY = "summary.json"
+RUN_FILE = "run.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run; the defaults are the notebook's WB1."""
+
+    steps: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    record_every: int | None = 1  # None: no recording
+    checkpoint_every: int | None = None  # None: only the final checkpoint
+    compute_dtype: ComputeDtype = "auto"
+    mode: Literal["default", "compact"] = "default"
+    durable: bool = False  # fsync each recorded step before committing it (FORMAT.md)
+    corpus: str | None = None  # None: the stdlib documentation corpus
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise WordybirdError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("record_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise WordybirdError(f"{name} must be positive, got {value}")
+        if not self.learning_rate > 0:
+            raise WordybirdError(f"the learning rate must be positive, got {self.learning_rate}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**{**data, "model": ModelConfig(**data["model"])})
+
+
+@dataclass
+class RunPlan:
+    """What one invocation does; saved as ``run.json`` so ``--resume`` can redo it."""
+
+    config: TrainConfig
+    start_step: int = 0
+    base_lr: float = 1e-3
+    schedule: dict[str, Any] = field(default_factory=dict)  # the LRFactor's __dict__
+    continued_from: str | None = None
+    schedule_mode: str | None = None  # continue's --schedule
+    fresh_optimizer: bool | None = None
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.config.steps
+
+    def lr_factor(self) -> LRFactor:
+        return schedule_from_state(self.schedule, self.end_step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "config": self.config.to_dict(), "end_step": self.end_step}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunPlan:
+        data = {k: v for k, v in data.items() if k != "end_step"}
+        return cls(**{**data, "config": TrainConfig.from_dict(data["config"])})
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out: Path
+    first_step: int
+    last_step: int
+    seconds_per_step: float
+    checkpoint: Path
+    summary: dict[str, Any]
