@@ -10,10 +10,11 @@ import os
 import signal
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 import wordybird
 from wordybird.errors import WordybirdError
@@ -363,8 +364,21 @@ def test_train_cli_passes_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert [c.durable for c in configs] == [True, False]
 
 
+def plain_trainer_args(tmp_path: Path, **changes: Any) -> TrainingArguments:
+    """Arguments of a plain Trainer run of two tiny steps, without checkpoints or logs."""
+    settings: dict[str, Any] = {
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+    return TrainingArguments(**{**settings, **changes})
+
+
 def test_recorder_callback_drops_into_a_plain_trainer(corpus: Path, tmp_path: Path) -> None:
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from wordybird import RecorderCallback, StreamingRecorder
 
@@ -372,14 +386,7 @@ def test_recorder_callback_drops_into_a_plain_trainer(corpus: Path, tmp_path: Pa
     data = TokenDataset(tokenize(read_corpus(corpus)), 16)
     recorder = StreamingRecorder(tmp_path / "rec.zarr")
     callback = RecorderCallback(recorder, parameter=lambda m: m.transformer.wpe.weight)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
+    args = plain_trainer_args(tmp_path)
     Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
     with wordybird.open(tmp_path / "rec.zarr") as rec:
         assert rec.steps.tolist() == [0, 1, 2]
@@ -404,7 +411,7 @@ def _tensors_held_by(obj: object) -> list[torch.Tensor]:
 
 def test_callback_holds_no_activation_after_a_step(corpus: Path, tmp_path: Path) -> None:
     """Only copies of what is recorded stay between steps: no view pins a whole activation."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback
 
     from wordybird import RecorderCallback, StreamingRecorder
 
@@ -427,14 +434,7 @@ def test_callback_holds_no_activation_after_a_step(corpus: Path, tmp_path: Path)
                 assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
             checked.append(state.global_step)
 
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
+    args = plain_trainer_args(tmp_path)
     Trainer(model=model, args=args, train_dataset=data, callbacks=[callback, Probe()]).train()
     assert checked == [1, 2]
     assert activations, "the model's forward never ran"
@@ -460,7 +460,7 @@ class _Alternating(torch.nn.Module):
 
 
 def _train_alternating(tmp_path: Path, optimizer_cls: type | None, steps: int = 4) -> Path:
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from wordybird import RecorderCallback, StreamingRecorder
 
@@ -468,16 +468,7 @@ def _train_alternating(tmp_path: Path, optimizer_cls: type | None, steps: int = 
     data = [{"input_ids": torch.zeros(3, dtype=torch.long)}] * 16
     recorder = StreamingRecorder(tmp_path / "rec.zarr")
     callback = RecorderCallback(recorder, parameter=lambda m: m.sometimes)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        max_steps=steps,
-        per_device_train_batch_size=2,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        learning_rate=0.1,
-        max_grad_norm=0.0,
-    )
+    args = plain_trainer_args(tmp_path, max_steps=steps, learning_rate=0.1, max_grad_norm=0.0)
     optimizers = (None, None)
     if optimizer_cls is not None:
         optimizers = (optimizer_cls(model.parameters(), lr=0.1), None)
