@@ -288,9 +288,13 @@ def test_kill_9_loses_only_uncommitted_steps(tmp_path: Path, mode: str) -> None:
     kill_resume_and_check(tmp_path, mode, vocab=4000, dim=64, kill_after=[8, 15])
 
 
+#: A random kill comes up to this long after the printed steps it waited for.
+KILL_JITTER = 0.5
+
+
 def random_kills(seed: int, count: int) -> tuple[list[int], random.Random]:
     """Kill moments for :func:`kill_resume_and_check`: after 1..12 printed steps each (plus
-    its jitter, drawn from the same generator)."""
+    up to KILL_JITTER, drawn from the same generator)."""
     rng = random.Random(seed)
     return [rng.randint(1, 12) for _ in range(count)], rng
 
@@ -303,7 +307,7 @@ def test_random_kills_over_the_small_field_limit(
 ) -> None:
     """50 random kills in all: both modes, [4000, 64] and the notebook's [50257, 64]."""
     kill_after, rng = random_kills(vocab + MODES.index(mode), kills)
-    kill_resume_and_check(tmp_path, mode, vocab, 64, kill_after, jitter=0.5, rng=rng)
+    kill_resume_and_check(tmp_path, mode, vocab, 64, kill_after, jitter=KILL_JITTER, rng=rng)
 
 
 def test_background_failure_surfaces_and_keeps_committed_steps(
