@@ -25,7 +25,8 @@ import wordybird
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.recorder import layout
 from wordybird.recorder.delta import delta_decode, delta_encode
-from wordybird.recorder.format import RecordingStore, is_recording
+from wordybird.recorder.commit import WritableStore
+from wordybird.recorder.format import is_recording
 
 MODES = ["default", "compact"]
 
@@ -322,7 +323,7 @@ def test_background_failure_surfaces_and_keeps_committed_steps(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(RecordingStore, "append", disk_full)
+    monkeypatch.setattr(WritableStore, "append", disk_full)
     rec.record(3, make_step(3))
     with pytest.raises(WordybirdError, match="No space left on device.*first 3 step"):
         for s in range(4, 10):
@@ -569,13 +570,13 @@ def test_an_unclosed_recorder_commits_its_queue_at_exit(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import sys, time, torch
         from wordybird import StreamingRecorder
-        from wordybird.recorder.format import RecordingStore
+        from wordybird.recorder.commit import WritableStore
 
-        append = RecordingStore.append
+        append = WritableStore.append
         def slow_append(self, step, arrays):  # the disk is slower than training
             time.sleep(0.2)
             append(self, step, arrays)
-        RecordingStore.append = slow_append
+        WritableStore.append = slow_append
         recorder = StreamingRecorder(sys.argv[1], queue_size=4)
         for step in range(4):
             recorder.record(step, {"w": torch.full((4,), float(step))})

@@ -39,7 +39,7 @@ def find_damage(store: RecordingStore) -> list[Damage]:
     damage = []
     for name in [STEPS_FIELD, *store.fields]:
         spec = store.fields.get(name)
-        for block, reason in store.damaged(name):
+        for block, reason in _unreadable_blocks(store, name):
             last = block[-1]
             if spec is not None and spec.encoding == "delta":
                 # later deltas of the keyframe interval are decoded from this one
@@ -48,6 +48,27 @@ def find_damage(store: RecordingStore) -> list[Damage]:
             steps = None if numbers is None else [int(s) for s in numbers[block[0] : last + 1]]
             damage.append(Damage(name, block[0], last, steps, reason))
     return damage
+
+
+def _unreadable_blocks(store: RecordingStore, name: str) -> list[tuple[range, str]]:
+    """The committed positions of one array that cannot be read, chunk row by chunk row,
+    each with the reason; empty for a sound array. Reads (and so checksums) every chunk."""
+    n = store.committed
+    try:
+        held, rows = store.stored_length(name), store.chunk_rows(name)
+    except DamagedRecordingError as exc:
+        return [(range(n), str(exc))] if n else []
+    found = []
+    if held < n:
+        found.append((range(held, n), f"the array holds only {held} positions"))
+        n = held
+    for start in range(0, n, rows):
+        block = range(start, min(start + rows, n))
+        try:
+            store.read_stored(name, slice(block.start, block.stop))
+        except DamagedRecordingError as exc:
+            found.append((block, str(exc)))
+    return found
 
 
 def check_recording(path: str | os.PathLike[str]) -> dict[str, Any]:

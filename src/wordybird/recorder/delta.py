@@ -1,10 +1,12 @@
 """Compact mode's codec: each step stored as its difference from the previous step, in ULPs.
 
-Pure functions on the unsigned bit patterns of a step (FORMAT.md, "Codecs"); the store
-keeps the keyframes and the last decoded step that they need.
+Pure functions on the unsigned bit patterns of a step (FORMAT.md, "Codecs"), and the
+keyframe chains that the store encodes and decodes them along.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,3 +31,51 @@ def delta_decode(stored: np.ndarray, previous: np.ndarray) -> np.ndarray:
     """Invert :func:`delta_encode`: the step's bits from its delta and the previous bits."""
     diff = (stored >> 1) ^ (np.zeros_like(stored) - (stored & 1))
     return previous + diff
+
+
+class DeltaChains:
+    """The keyframe chains of a compact recording's delta fields, with a one-step cache.
+
+    Every ``interval``-th position is stored whole (a keyframe), the others as
+    :func:`delta_encode` of the previous step. Each field's last encoded or decoded
+    ``(position, bits)`` is kept, so recording, or reading steps in order (export,
+    analysis), costs one chunk per step; a random step costs up to ``interval`` chunks.
+
+    Args:
+        interval: the keyframe interval K.
+        read_stored: a field's stored array at one position (a keyframe's bits or a delta).
+    """
+
+    def __init__(self, interval: int, read_stored: Callable[[str, int], np.ndarray]) -> None:
+        self.interval = interval
+        self._read_stored = read_stored
+        self._last: dict[str, tuple[int, np.ndarray]] = {}
+
+    def encode(self, name: str, position: int, bits: np.ndarray) -> np.ndarray:
+        """A step's bits as stored at ``position``: themselves at a keyframe, else a delta."""
+        if position % self.interval == 0:
+            stored = bits
+        else:
+            held = self._last.get(name)
+            if held is None or held[0] != position - 1:  # resumed or truncated since
+                held = (position - 1, self.decode(name, position - 1))
+            stored = delta_encode(bits, held[1])
+        self._last[name] = (position, bits.copy())
+        return stored
+
+    def decode(self, name: str, position: int) -> np.ndarray:
+        """The step's bits at ``position``, added up from its keyframe (or the cached step)."""
+        first = position - position % self.interval
+        held = self._last.get(name)
+        if held is not None and first <= held[0] <= position:
+            start, bits = held[0] + 1, held[1].copy()
+        else:
+            start, bits = first + 1, self._read_stored(name, first)
+        for p in range(start, position + 1):
+            bits = delta_decode(self._read_stored(name, p), bits)
+        self._last[name] = (position, bits)
+        return bits.copy()
+
+    def forget(self) -> None:
+        """Drop the cache (after a truncation: the cached steps may be gone)."""
+        self._last.clear()

@@ -18,7 +18,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from wordybird.dtypes import from_torch, numpy_dtype_of, torch_dtype_of
+from wordybird.dtypes import numpy_dtype_of
 from wordybird.errors import WordybirdError
-from wordybird.recorder.format import RecordingStore, is_recording
+from wordybird.recorder.commit import WritableStore
+from wordybird.recorder.format import is_recording
 from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
+from wordybird.recorder.snapshot import Snapshot, SnapshotPool, as_tensor
 
 _STOP = object()
 #: recorded_steps holds int64 step numbers.
@@ -56,15 +57,6 @@ def _close_at_exit() -> None:
 # zarr's LocalStore writes through one (asyncio.to_thread). threading's own exit hooks run
 # first, in reverse order of registration, so this one runs before concurrent.futures'.
 threading._register_atexit(_close_at_exit)
-
-
-@dataclass
-class _Snapshot:
-    """One step's copies, owned by the recorder and reused across steps."""
-
-    buffers: dict[str, torch.Tensor]
-    step: int = -1
-    ready: torch.cuda.Event | None = None  # set when a device→host copy is in flight
 
 
 class StreamingRecorder:
@@ -109,19 +101,18 @@ class StreamingRecorder:
         if resume:
             if not is_recording(path):
                 raise WordybirdError(f"cannot resume {path}: it is not a wordybird recording")
-            self._store = RecordingStore.open(path, read_only=False, durable=durable)
+            self._store = WritableStore.open(path, read_only=False, durable=durable)
             with self._disk_errors("resuming"):
                 self._store.discard_uncommitted()
                 if metadata:
                     self._store.update_metadata(metadata)
         else:
-            self._store = RecordingStore.create(
+            self._store = WritableStore.create(
                 path, metadata=metadata, mode=mode, overwrite=overwrite, durable=durable
             )
         self._queue_size = queue_size
         self._work: queue.Queue[Any] = queue.Queue()
-        self._free: queue.Queue[_Snapshot] = queue.Queue()
-        self._pool_filled = False
+        self._pool = SnapshotPool(queue_size + 1)
         self._error: BaseException | None = None
         self._closed = False
         steps = self._store.steps()
@@ -156,7 +147,7 @@ class StreamingRecorder:
                 "record() takes a mapping of field names to values, e.g. "
                 f"{{'embeddings': tensor}}, not a {type(tensors).__name__}"
             )
-        values = {name: _as_tensor(name, value) for name, value in tensors.items()}
+        values = {name: as_tensor(name, value) for name, value in tensors.items()}
         specs = self._specs
         if not specs:  # the first step fixes the layout, once it is accepted
             if not values:
@@ -165,17 +156,7 @@ class StreamingRecorder:
             specs = field_specs_for(probe, self._store.mode)
         self._check_fields(step, values, specs)
         self._specs = specs
-        snapshot = self._take_buffers()
-        try:
-            snapshot.step = step
-            for name, value in values.items():
-                _copy_into(snapshot.buffers[name], value)
-            if any(v.is_cuda for v in values.values()):
-                snapshot.ready = torch.cuda.Event()
-                snapshot.ready.record()
-        except BaseException:
-            self._free.put(snapshot)
-            raise
+        snapshot = self._pool.take(specs, step, values, while_waiting=self._raise_background_error)
         self._last_step = step
         self._work.put(snapshot)
 
@@ -268,28 +249,7 @@ class StreamingRecorder:
                     f"{spec.dtype}"
                 )
 
-    # -- buffers and the writer thread ----------------------------------------------------
-
-    def _take_buffers(self) -> _Snapshot:
-        if not self._pool_filled:
-            pin = torch.cuda.is_available()
-            for _ in range(self._queue_size + 1):
-                self._free.put(
-                    _Snapshot(
-                        {
-                            name: torch.empty(
-                                spec.shape, dtype=torch_dtype_of(spec.numpy_dtype), pin_memory=pin
-                            )
-                            for name, spec in self._specs.items()
-                        }
-                    )
-                )
-            self._pool_filled = True
-        while True:
-            try:
-                return self._free.get(timeout=0.5)
-            except queue.Empty:
-                self._raise_background_error()
+    # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
@@ -303,16 +263,13 @@ class StreamingRecorder:
                 self._error = exc
             finally:
                 if item is not _STOP:
-                    self._free.put(item)
+                    self._pool.give_back(item)
                 self._work.task_done()
 
-    def _write(self, snapshot: _Snapshot) -> None:
-        if snapshot.ready is not None:
-            snapshot.ready.synchronize()
+    def _write(self, snapshot: Snapshot) -> None:
         if not self._store.fields:
             self._store.define_fields(self._specs)
-        arrays = {name: from_torch(buf) for name, buf in snapshot.buffers.items()}
-        self._store.append(snapshot.step, arrays)
+        self._store.append(snapshot.step, snapshot.arrays())
 
     def _raise_background_error(self) -> None:
         if self._error is None:
@@ -340,35 +297,3 @@ class StreamingRecorder:
             f"the first {self._store.committed} step(s) are committed and intact "
             "(a recorder opened with resume=True continues after them)"
         )
-
-
-def _copy_into(buffer: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy one field's value into its snapshot buffer.
-
-    A CPU tensor is copied by numpy (a memcpy): torch's ``copy_`` splits a large copy over
-    its intra-op threads, which then wait for cores busy with the writer's compression. On
-    2 cores that ran at 0.8 GB/s against numpy's 21 GB/s, blocking ``record()`` ~45 ms per
-    notebook-sized step (benchmarks/bench_recorder.py).
-    """
-    if value.device.type == "cpu":
-        np.copyto(from_torch(buffer), from_torch(value))
-    else:
-        buffer.copy_(value, non_blocking=value.is_cuda)
-
-
-def _as_tensor(name: str, value: torch.Tensor | np.ndarray | float) -> torch.Tensor:
-    """A field's value as a tensor whose dtype a recording can hold (numpy has it)."""
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-    else:
-        try:
-            tensor = torch.as_tensor(value)
-        except (TypeError, RuntimeError, ValueError) as exc:
-            raise WordybirdError(f"field {name!r}: cannot record a {type(value).__name__}") from exc
-    try:
-        numpy_dtype_of(tensor.dtype)
-    except TypeError:  # float8, bits…: numpy has no such dtype
-        raise WordybirdError(
-            f"field {name!r}: cannot record {tensor.dtype} values (no numpy dtype); convert them"
-        ) from None
-    return tensor

@@ -1,0 +1,268 @@
+"""Writing a recording: creating it, appending and committing steps, truncating, resuming.
+
+This is the commit protocol of FORMAT.md ("Commit protocol"). A step's chunks are all
+written (and, durable, flushed) before the header that commits it is rewritten; the header
+is the only truth, so a process killed at any moment leaves a store whose first
+``committed`` positions are exact, and :meth:`WritableStore.discard_uncommitted` removes
+whatever lies past them. Reading is :class:`~wordybird.recorder.format.RecordingStore`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.api.asynchronous as zasync
+from zarr.codecs import BytesCodec
+from zarr.core.sync import sync
+
+from wordybird.atomic import fsync_folder
+from wordybird.errors import WordybirdError, no_folder
+from wordybird.recorder import storage
+from wordybird.recorder.format import FORMAT_NAME, FORMAT_VERSION, RecordingStore, is_recording
+from wordybird.recorder.layout import (
+    ARRAY_CONFIG,
+    DEFAULT_KEYFRAME_INTERVAL,
+    MODES,
+    STEPS_SPEC,
+    FieldSpec,
+    Mode,
+    chunk_shape,
+    compressors_for,
+)
+from wordybird.recording import STEPS_FIELD
+
+
+class WritableStore(RecordingStore):
+    """A recording opened for writing: one writer thread appends, commits and truncates.
+
+    Readers in other threads or processes stay safe meanwhile: they look only at the
+    committed positions. Created or opened with ``durable=True``, every file is fsynced
+    before it is renamed into place, and a step's folders before the header that commits
+    it, so that a power loss (not only a killed process) keeps every committed step.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        group: zarr.AsyncGroup,
+        disk: storage.LocalStore,
+        header: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        super().__init__(path, group, disk, header, metadata)
+        self._attrs_lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        metadata: Mapping[str, Any] | None,
+        mode: Mode,
+        keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+        overwrite: bool = False,
+        durable: bool = False,
+    ) -> WritableStore:
+        """Start a new, empty recording at ``path``."""
+        path = Path(path)
+        if mode not in MODES:
+            raise WordybirdError(f"unknown recording mode {mode!r}; choose one of {MODES}")
+        if path.exists():
+            _make_room(path, overwrite)
+        if not path.parent.is_dir():
+            raise WordybirdError(f"cannot create {path}: {no_folder(path.parent)}")
+        header = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "mode": mode,
+            "keyframe_interval": keyframe_interval,
+            "committed": 0,
+            "fields": {},
+        }
+        meta = _jsonable(dict(metadata or {}))
+        disk = storage.LocalStore(path, durable=durable)
+        try:
+            group = sync(
+                zasync.open_group(
+                    store=disk,
+                    mode="w-",
+                    zarr_format=3,
+                    attributes={"wordybird": header, "metadata": meta},
+                )
+            )
+            store = cls(path, group, disk, header, meta)
+            store._sync_folders()
+            if durable:  # the recording's own name, in the folder that holds it
+                fsync_folder(path.parent)
+        except OSError as exc:
+            raise WordybirdError(f"cannot create recording {path}: {exc}") from exc
+        return store
+
+    def update_metadata(self, entries: Mapping[str, Any]) -> None:
+        self._write_header(self._header, {**self._metadata, **_jsonable(dict(entries))})
+
+    def _commit(self, count: int) -> None:
+        """Write the header saying that positions [0, count) are valid, with the layout."""
+        fields = {name: spec.to_json() for name, spec in self.fields.items()}
+        self._write_header({**self._header, "committed": count, "fields": fields}, self._metadata)
+
+    def _write_header(self, header: dict[str, Any], metadata: dict[str, Any]) -> None:
+        # One writer rewrites the whole attribute document; zarr's LocalStore replaces
+        # zarr.json atomically, so a reader sees the old or the new header, never half. The
+        # copy in memory changes only once the write succeeded: after a failure (a full
+        # disk) `committed` and the errors quoting it still tell what the disk holds.
+        with self._attrs_lock:
+            sync(self._group.update_attributes({"wordybird": header, "metadata": metadata}))
+            self._sync_folders()
+            self._header, self._metadata = header, metadata
+
+    def _sync_folders(self) -> None:
+        """Durable mode: flush the folders that got new file names since the last call (a
+        renamed file is found again after a power loss only if its folder entry was)."""
+        folders = self._disk.take_folders()
+        if folders:
+            sync(storage.gather_all(*(asyncio.to_thread(fsync_folder, f) for f in sorted(folders))))
+
+    # -- arrays ---------------------------------------------------------------------------
+
+    def define_fields(self, specs: Mapping[str, FieldSpec]) -> None:
+        """Create the arrays for a recording's fields (at its first step).
+
+        The header does not name them yet: the first step's commit writes the layout with
+        ``committed = 1``. A process killed before that leaves arrays that no header names;
+        :meth:`discard_uncommitted` removes them and the next first step starts afresh.
+        """
+
+        async def create() -> None:
+            for spec in [STEPS_SPEC, *specs.values()]:
+                storage.fault_point("create_array")
+                self._arrays[spec.name] = await self._group.create_array(
+                    spec.name,
+                    shape=(0, *spec.shape),
+                    chunks=chunk_shape(spec),
+                    dtype=spec.stored_dtype,
+                    fill_value=0,
+                    compressors=compressors_for(spec),
+                    serializer=BytesCodec(endian="little"),
+                    attributes={"wordybird_encoding": spec.encoding, "wordybird_dtype": spec.dtype},
+                    config=ARRAY_CONFIG,
+                )
+
+        sync(create())
+        self.fields = dict(specs)
+
+    def append(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one step at position ``committed`` and then commit it.
+
+        Order matters for crash safety: grow the arrays, write every chunk (and in durable
+        mode flush them), and only then advance ``committed``.
+        """
+        n = self.committed
+        arrays = {name: self._stored(n, name, value) for name, value in arrays.items()}
+        targets = {name: self._array(name) for name in [STEPS_FIELD, *arrays]}
+
+        async def grow() -> None:
+            # resize() updates each array object's metadata in place
+            await storage.gather_all(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
+
+        async def write() -> None:
+            await storage.gather_all(
+                targets[STEPS_FIELD].setitem(n, np.int64(step)),
+                *(targets[name].setitem(n, value) for name, value in arrays.items()),
+            )
+
+        storage.fault_point("resize")
+        sync(grow())
+        storage.fault_point("resized")
+        sync(write())
+        self._sync_folders()
+        storage.fault_point("commit")
+        self._commit(n + 1)
+        storage.fault_point("committed")
+
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` committed positions; delete the rest from disk."""
+        self._commit(max(0, min(count, self.committed)))  # uncommit first: a crash below
+        self._chains.forget()  # leaves a consistent store
+        storage.fault_point("truncate")
+        self.discard_uncommitted()
+
+    def discard_uncommitted(self) -> None:
+        """Remove what a killed writer left beyond the header: zarr's temporaries, arrays the
+        header does not name (a first step killed before its commit) and positions past
+        ``committed``. Every removal can be redone, so a kill in here is repaired by the next
+        call."""
+        for leftover in self.path.rglob("*.partial"):  # zarr's atomic-write temporaries
+            leftover.unlink(missing_ok=True)
+        named = [STEPS_FIELD, *self.fields] if self.fields else []
+        for child in sorted(self.path.iterdir()):
+            if child.is_dir() and child.name not in named:
+                storage.fault_point("remove_orphan")
+                shutil.rmtree(child)
+        n = self.committed
+        targets = [self._array(name) for name in named]
+
+        async def shrink() -> None:
+            for array in targets:
+                if array.shape[0] != n:
+                    storage.fault_point("shrink")
+                    await array.resize((n, *array.shape[1:]))
+
+        sync(shrink())
+
+    def _stored(self, position: int, name: str, value: np.ndarray) -> np.ndarray:
+        """A step as stored: itself, or in compact mode its delta from the previous step."""
+        spec = self.fields[name]
+        if spec.encoding == "raw":
+            return value
+        return self._chains.encode(
+            name, position, np.ascontiguousarray(value).view(spec.stored_dtype)
+        )
+
+
+def _make_room(path: Path, overwrite: bool) -> None:
+    """Clear an existing ``path`` for a new recording: only a recording or an empty folder
+    may be replaced, so a mistyped path (the working folder, a home) is never deleted."""
+    recording = is_recording(path)
+    if not overwrite:
+        raise WordybirdError(
+            f"{path} already holds {'a recording' if recording else 'something'}; resume it, "
+            "pick another path, or overwrite it explicitly"
+        )
+    if recording:
+        _remove(path)
+    elif not path.is_dir() or any(path.iterdir()):
+        raise WordybirdError(
+            f"refusing to overwrite {path}: it is neither a wordybird recording nor an empty "
+            "folder (delete it yourself if it should go)"
+        )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _jsonable(value: Any) -> Any:
+    """Metadata as JSON: numpy/torch scalars to Python numbers, tuples to lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if hasattr(value, "item") and callable(value.item):
+        return _jsonable(value.item())
+    if isinstance(value, Sequence):
+        return [_jsonable(v) for v in value]
+    return str(value)
