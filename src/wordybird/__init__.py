@@ -6,6 +6,7 @@ The public surface is small:
   lazily through one :class:`~wordybird.recording.Recording` interface.
 - :class:`StreamingRecorder` — write a recording one step at a time.
 - :class:`RecorderCallback` — record a Hugging Face ``Trainer`` run.
+- :func:`watch` — record a plain PyTorch loop at every ``optimizer.step()``.
 - :func:`export` — a recording as the notebook's safetensors file(s), streamed.
 - :class:`WordybirdError` — every failure a user can cause.
 
@@ -58,6 +59,10 @@ def __getattr__(name: str) -> Any:
         from wordybird.training.callback import RecorderCallback
 
         return RecorderCallback
+    if name in ("watch", "Watch"):
+        from wordybird.capture import loop
+
+        return getattr(loop, name)
     if name == "export":  # the subpackage, callable as its export function
         import wordybird.export
 
@@ -76,4 +81,5 @@ __all__ = [
     "WordybirdError",
     "export",
     "open",
+    "watch",
 ]

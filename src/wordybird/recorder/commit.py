@@ -203,10 +203,7 @@ class WritableStore(RecordingStore):
         for leftover in self.path.rglob("*.partial"):  # zarr's atomic-write temporaries
             leftover.unlink(missing_ok=True)
         named = [STEPS_FIELD, *self.fields] if self.fields else []
-        for child in sorted(self.path.iterdir()):
-            if child.is_dir() and child.name not in named:
-                storage.fault_point("remove_orphan")
-                shutil.rmtree(child)
+        _remove_unnamed(self.path, "", set(named))
         n = self.committed
         targets = [self._array(name) for name in named]
 
@@ -226,6 +223,22 @@ class WritableStore(RecordingStore):
         return self._chains.encode(
             name, position, np.ascontiguousarray(value).view(spec.stored_dtype)
         )
+
+
+def _remove_unnamed(folder: Path, prefix: str, named: set[str]) -> None:
+    """Remove the folders under ``folder`` that are neither a named array nor a group on
+    the way to one (fields may be nested: ``"transformer.wte.weight/grad"``)."""
+    for child in sorted(folder.iterdir()):
+        if not child.is_dir():
+            continue
+        name = prefix + child.name
+        if name in named:
+            continue
+        if any(n.startswith(name + "/") for n in named):
+            _remove_unnamed(child, name + "/", named)
+        else:
+            storage.fault_point("remove_orphan")
+            shutil.rmtree(child)
 
 
 def _make_room(path: Path, overwrite: bool) -> None:

@@ -7,7 +7,7 @@ Fixed by a recording's first step and written into its header (FORMAT.md): the s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,36 +109,49 @@ def compressors_for(spec: FieldSpec) -> tuple[Any, ...]:
 
 
 def check_field_name(name: object) -> None:
-    """Refuse a field name that cannot be one array folder directly in the group.
+    """Refuse a field name that cannot be an array path of the recording's group.
 
-    Resume removes every folder of the group that the header does not name (the leftovers
-    of a killed first step), so a name with a ``/`` (a nested folder) would lose its data;
-    zarr reserves names starting with ``__``; ``.``-names and ``*.partial`` collide with
-    file-system and zarr temporaries.
+    ``/`` separates groups (``"transformer.wte.weight/grad"``). zarr reserves names starting
+    with ``__``; ``.``-names and ``*.partial`` collide with file-system and zarr
+    temporaries; ``zarr.json`` is a group's metadata.
     """
     if name == STEPS_FIELD:
         raise WordybirdError(
             f"{STEPS_FIELD!r} is written from the step argument; it cannot be recorded as a field"
         )
-    if (
-        not isinstance(name, str)
-        or not name
-        or "/" in name
-        or name.startswith((".", "__"))
-        or name.endswith(".partial")
-        or name == "zarr.json"
-    ):
+    parts = name.split("/") if isinstance(name, str) else [None]
+    for part in parts:
+        if (
+            not part
+            or part.startswith((".", "__"))
+            or part.endswith(".partial")
+            or part == "zarr.json"
+        ):
+            raise WordybirdError(
+                f"field name {name!r} cannot be an array of the recording: use a non-empty "
+                "string of '/'-separated parts, none empty or starting with '.' or '__'"
+            )
+
+
+def check_field_names(names: Iterable[str]) -> None:
+    """Each name valid, and none a group of another (``"a"`` beside ``"a/grad"``)."""
+    names = list(names)
+    for name in names:
+        check_field_name(name)
+    groups = {name.rsplit("/", i)[0] for name in names for i in range(1, name.count("/") + 1)}
+    clash = sorted(groups.intersection(names))
+    if clash:
         raise WordybirdError(
-            f"field name {name!r} cannot be an array of the recording: use a non-empty string "
-            "without '/', not starting with '.' or '__'"
+            f"field {clash[0]!r} is also the group of other fields ({clash[0]}/…); "
+            "rename one of them"
         )
 
 
 def field_specs_for(arrays: Mapping[str, np.ndarray], mode: Mode) -> dict[str, FieldSpec]:
     """The layout fixed by a recording's first step."""
+    check_field_names(arrays)
     specs = {}
     for name, value in arrays.items():
-        check_field_name(name)
         big = value.nbytes > SMALL_STEP_BYTES
         encoding: Encoding = "delta" if mode == "compact" and big else "raw"
         specs[name] = FieldSpec(name, dtypes.dtype_name(value.dtype), tuple(value.shape), encoding)

@@ -1,0 +1,149 @@
+"""``wordybird.watch``: record a plain PyTorch training loop on every ``optimizer.step()``.
+
+Two added lines record a nanoGPT-style loop::
+
+    recorder = wordybird.StreamingRecorder("run.zarr")
+    run = wordybird.watch(model, optimizer, recorder, parameters=["transformer.wte.weight"])
+    for it in range(max_iters):
+        ...
+        loss.backward()
+        run.log(losses=loss)          # optional: extra fields recorded with this step
+        optimizer.step()              # recorded here: value, pre-clip grad, state, lr
+        optimizer.zero_grad(set_to_none=True)
+    run.close()                       # or: with wordybird.watch(...) as run:
+
+The optimizer's step hooks drive it: its pre-hook notes the learning rates the step uses,
+its post-hook reads the parameters and the optimizer's state and hands the step to the
+recorder. The gradients come from the parameters' post-accumulate-grad hooks, so the
+recorded gradient is the one backward produced: summed over accumulation micro-batches and
+before any clipping. A step whose ``optimizer.step()`` is skipped (an AMP grad scaler found
+an inf) is not recorded, because it did not happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from wordybird.capture.parameters import (
+    ParameterChoice,
+    Rows,
+    rows_by_name,
+    select_parameters,
+    unwrap,
+)
+from wordybird.capture.taps import Taps, optimizer_metadata
+from wordybird.errors import WordybirdError
+from wordybird.recorder import StreamingRecorder
+
+
+class Watch:
+    """Record ``parameters`` of ``model`` at every ``optimizer.step()`` into ``recorder``.
+
+    Fields per parameter ``<name>``: ``<name>/value`` (after the step), ``<name>/grad``
+    (before clipping, summed over accumulation micro-batches), one ``<name>/<key>`` per
+    tensor the optimizer holds for it, ``<name>/lr``, ``<name>/rows`` with ``rows=``; and
+    ``grad_norms`` (the pre-clip global norm) and whatever :meth:`Watch.log` adds. Steps
+    are numbered by optimizer step from 1 (after a resumed recording's last step).
+
+    Args:
+        parameters: names or glob patterns of ``model.named_parameters()``, or a predicate
+            on (name, parameter).
+        rows: record only these rows (indices or a boolean mask) of every chosen parameter,
+            or a mapping from parameter name to its rows.
+        store_dtype: record values, gradients and state in this dtype (e.g. bf16 for fp32
+            master weights: lossy, said in the metadata).
+        record_every: record optimizer steps whose number is a multiple of this.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        recorder: StreamingRecorder,
+        *,
+        parameters: ParameterChoice | Iterable[ParameterChoice],
+        rows: Rows | Mapping[str, Rows] | None = None,
+        store_dtype: torch.dtype | None = None,
+        record_every: int = 1,
+    ) -> None:
+        if record_every < 1:
+            raise WordybirdError(f"record_every must be at least 1, got {record_every}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise WordybirdError(
+                f"watch() needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        model = unwrap(model)
+        params = select_parameters(model, parameters)
+        self.recorder = recorder
+        self.optimizer = optimizer
+        self.record_every = record_every
+        #: the number of the last optimizer step taken (continuing a resumed recording)
+        self.step = recorder.last_step or 0
+        self._taps = Taps(model, params, rows=rows_by_name(params, rows), store_dtype=store_dtype)
+        self._extra: dict[str, Any] = {}
+        self._first = True
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
+
+    def log(self, **fields: torch.Tensor | float) -> None:
+        """Fields to record with the coming optimizer step besides the parameters' (the
+        loss, say). Recorded fields are fixed by the first recorded step: log the same
+        names before every recorded step."""
+        self._extra.update(fields)
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._taps.note_learning_rates(optimizer)
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.step += 1
+        if self.step % self.record_every == 0:
+            params, whole = self._taps.fields(self.step, optimizer, initial=False)
+            if self._first:
+                self.recorder.update_metadata(
+                    {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
+                )
+                self._first = False
+            extra = {name: _detached(value) for name, value in self._extra.items()}
+            self.recorder.record(self.step, {**params, **extra, **whole})
+        self._extra.clear()
+        self._taps.begin_step()
+
+    def close(self) -> None:
+        """Remove the hooks and close the recorder (writes every queued step)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._taps.remove()
+        self.recorder.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        for handle in self._handles:  # keep what was recorded; the caller's error goes on
+            handle.remove()
+        self._taps.remove()
+        self.recorder.__exit__(exc_type, exc, tb)
+
+
+def _detached(value: torch.Tensor | float) -> torch.Tensor | float:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+#: ``wordybird.watch(model, optimizer, recorder, parameters=...)`` starts a :class:`Watch`.
+watch = Watch

@@ -1,0 +1,290 @@
+"""The hooks and reads that turn a training step into a recording's fields.
+
+What an optimizer step leaves behind is not enough: the Trainer and most loops clip the
+gradient in place before the step, and the loss is gone by then. So a post-accumulate-grad
+hook copies each recorded parameter's gradient into one persistent buffer as backward
+produces it (with accumulation, the last copy is the sum over the micro-batches: the
+gradient the optimizer was given, before clipping), and notes every trainable parameter's
+gradient norm for the pre-clip global norm. The parameter itself and the optimizer's state
+are read after the step; the learning rate just before it (a scheduler moves it after).
+
+Two layouts of fields:
+
+- the notebook's (``Taps(..., notebook=True)``, one parameter): ``embeddings``, ``grads``,
+  ``momentum``/``variance`` (Adam's ``exp_avg``/``exp_avg_sq``), ``learning_rates``,
+  ``grad_norms``;
+- by name (any parameters, any optimizer): ``<name>/value``, ``<name>/grad``, one
+  ``<name>/<key>`` per tensor the optimizer holds for it (``exp_avg``, ``momentum_buffer``,
+  ``square_avg``, ``row_var``…), ``<name>/lr`` (its group's learning rate) and
+  ``<name>/rows`` (with ``rows=``), and ``grad_norms``.
+
+Only state the optimizer really holds is recorded. Adam and AdamW define theirs to start at
+zero (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and create it at a
+parameter's first update, so before that update zero is its true value. Any other missing
+state is not invented: a parameter without state records none (said once), and a loop
+whose optimizer holds no state yet cannot record its initial step by name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from wordybird.errors import WordybirdError
+
+#: The notebook's names for Adam's moments.
+NOTEBOOK_STATE = {"momentum": "exp_avg", "variance": "exp_avg_sq"}
+#: Adam/AdamW state that is zero until the parameter's first update.
+ADAM_ZERO_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def inner_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer (Accelerate wraps it in ``.optimizer``)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def is_adam(optimizer: Any) -> bool:
+    return isinstance(inner_optimizer(optimizer), torch.optim.Adam | torch.optim.AdamW)
+
+
+def _adam_keys(optimizer: Any, param: nn.Parameter) -> list[str]:
+    amsgrad = _group_of(optimizer, param).get("amsgrad", False)
+    return [k for k in ADAM_ZERO_STATE if amsgrad or k != "max_exp_avg_sq"]
+
+
+def _group_of(optimizer: Any, param: nn.Parameter) -> dict[str, Any]:
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return group
+    raise WordybirdError("the optimizer does not update a recorded parameter")
+
+
+def optimizer_metadata(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's class and hyperparameters per group (without the parameters)."""
+    inner = inner_optimizer(optimizer)
+    groups = [
+        {
+            k: v
+            for k, v in group.items()
+            if k != "params" and isinstance(v, (int, float, tuple, bool, str))
+        }
+        for group in inner.param_groups
+    ]
+    return {"class": type(inner).__name__, "param_groups": groups}
+
+
+class Taps:
+    """Hooks on a model and reads of its optimizer, giving each recorded step's fields.
+
+    Args:
+        model: the (unwrapped) model; every trainable parameter gets a gradient hook.
+        parameters: the recorded parameters by name (see ``parameters.select_parameters``).
+        notebook: the notebook's field names (exactly one parameter).
+        rows: per parameter name, the sorted indices of the rows to record.
+        store_dtype: record value, gradient and state tensors in this dtype (lossy when
+            narrower, e.g. fp32 master weights as bf16); scalar state keeps its own.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        parameters: Mapping[str, nn.Parameter],
+        *,
+        notebook: bool = False,
+        rows: Mapping[str, torch.Tensor] | None = None,
+        store_dtype: torch.dtype | None = None,
+    ) -> None:
+        if notebook and len(parameters) != 1:
+            raise WordybirdError("the notebook's layout records exactly one parameter")
+        self.params = dict(parameters)
+        self.notebook = notebook
+        self.rows = {name: index for name, index in (rows or {}).items()}
+        self.store_dtype = store_dtype
+        self._grads: dict[str, torch.Tensor] = {}
+        self._grad_seen: set[str] = set()
+        self._grad_sq_norms: dict[int, torch.Tensor] = {}
+        self._lrs: dict[str, float] = {}
+        self._state_keys: dict[str, dict[str, str]] | None = None  # name -> field -> key
+        self._narrowed: set[str] = set()  # the fields store_dtype converts
+        self._handles: list[Any] = []
+        for name, param in self.params.items():
+            index = self.rows.get(name)
+            shape = param.shape if index is None else (len(index), *param.shape[1:])
+            # one buffer for the whole run: copy_ into it, never allocate per step
+            self._grads[name] = torch.zeros(shape, dtype=param.dtype, device=param.device)
+        by_id = {id(p): name for name, p in self.params.items()}
+        seen: set[int] = set()
+        for p in model.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                hook = self._grad_hook(by_id.get(id(p)))
+                self._handles.append(p.register_post_accumulate_grad_hook(hook))
+
+    def _grad_hook(self, name: str | None) -> Any:
+        def hook(param: torch.Tensor) -> None:
+            grad = param.grad.detach()
+            self._grad_sq_norms[id(param)] = torch.linalg.vector_norm(
+                grad, dtype=torch.float32
+            ).square()
+            if name is not None:
+                index = self.rows.get(name)
+                if index is None:
+                    self._grads[name].copy_(grad)
+                else:
+                    torch.index_select(grad, 0, index.to(grad.device), out=self._grads[name])
+                self._grad_seen.add(name)
+
+        return hook
+
+    def remove(self) -> None:
+        """Detach every hook from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # -- per step -------------------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        """Forget the last step's gradients: a step starts accumulating afresh."""
+        self._grad_sq_norms.clear()
+        self._grad_seen.clear()
+
+    def note_learning_rates(self, optimizer: Any) -> None:
+        """Keep the learning rates the coming optimizer step uses (call just before it)."""
+        self._lrs = {
+            name: float(_group_of(inner_optimizer(optimizer), p)["lr"])
+            for name, p in self.params.items()
+        }
+
+    def can_record_initial(self, optimizer: Any) -> bool:
+        """Whether the state before the first update is known. By name, an optimizer other
+        than Adam/AdamW that holds no state yet may create any tensors at its first step,
+        and a recording's fields are fixed by its first step: its initial step is skipped."""
+        if self.notebook or is_adam(optimizer):
+            return True
+        inner = inner_optimizer(optimizer)
+        if all(inner.state.get(p) for p in self.params.values()):
+            return True
+        warnings.warn(
+            f"wordybird: {type(inner).__name__} holds no state before its first step, so "
+            "which tensors it will hold is unknown; the initial step is not recorded",
+            stacklevel=3,
+        )
+        return False
+
+    def fields(
+        self, step: int, optimizer: Any, *, initial: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The step's fields, read now, as (per-parameter fields, whole-step fields): the
+        parameters after the optimizer step with their state, the gradients and learning
+        rates noted during the step, and the global gradient norm. ``initial``: the state
+        before training (no gradient yet: zero; the learning rate the first step will use).
+        """
+        inner = inner_optimizer(optimizer)
+        if self._state_keys is None:
+            self._state_keys = self._choose_state_keys(inner)
+        if initial:
+            self.note_learning_rates(inner)
+        out: dict[str, torch.Tensor] = {}
+        step_fields: dict[str, torch.Tensor] = {}
+        for name, param in self.params.items():
+            index = self.rows.get(name)
+            value = param.detach()
+            if index is not None:
+                value = value.index_select(0, index.to(value.device))
+            grad = self._grads[name]
+            if initial or name not in self._grad_seen:  # the loss did not depend on it
+                grad.zero_()
+            state = {
+                field: self._state(inner, name, key, step, index)
+                for field, key in self._state_keys[name].items()
+            }
+            lr = torch.tensor(self._lrs[name], dtype=torch.float32)
+            if self.notebook:
+                out.update({"embeddings": value, "grads": grad, **state})
+                step_fields["learning_rates"] = lr
+            else:
+                out.update({f"{name}/value": value, f"{name}/grad": grad, **state})
+                out[f"{name}/lr"] = lr
+                if index is not None:
+                    out[f"{name}/rows"] = index
+        norms = list(self._grad_sq_norms.values())
+        step_fields["grad_norms"] = (
+            torch.stack(norms).sum().sqrt() if norms and not initial else torch.tensor(0.0)
+        )
+        if self.store_dtype is not None:
+            out = {n: t.to(self.store_dtype) if n in self._narrowed else t for n, t in out.items()}
+        return out, step_fields
+
+    def metadata(self) -> dict[str, Any]:
+        """What a reader needs to know about these fields (after the first :meth:`fields`):
+        the optimizer's hyperparameters, and which fields ``store_dtype`` narrowed."""
+        entries: dict[str, Any] = {}
+        if self.store_dtype is not None:
+            entries["store_dtype"] = {
+                "dtype": str(self.store_dtype).removeprefix("torch."),
+                "fields": sorted(self._narrowed),
+                "note": "converted from the parameters' own dtype at record time (lossy "
+                "when narrower)",
+            }
+        return entries
+
+    # -- optimizer state ------------------------------------------------------------------
+
+    def _choose_state_keys(self, inner: Any) -> dict[str, dict[str, str]]:
+        """Which state tensors each parameter's fields hold, fixed at the first record."""
+        chosen: dict[str, dict[str, str]] = {}
+        for name, param in self.params.items():
+            state = inner.state.get(param, {})
+            if self.notebook:
+                if is_adam(inner) or all(k in state for k in NOTEBOOK_STATE.values()):
+                    chosen[name] = dict(NOTEBOOK_STATE)
+                else:
+                    warnings.warn(
+                        f"wordybird: the optimizer ({type(inner).__name__}) holds no Adam "
+                        "exp_avg/exp_avg_sq for the recorded parameter; the recording has "
+                        "no momentum/variance fields",
+                        stacklevel=4,
+                    )
+                    chosen[name] = {}
+                self._narrowed |= {"embeddings", "grads", *chosen[name]}
+                continue
+            keys = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim()]
+            scalars = [k for k, v in state.items() if isinstance(v, torch.Tensor) and not v.dim()]
+            if not state and is_adam(inner):
+                keys = [k for k in _adam_keys(inner, param) if k != "step"]
+                scalars = ["step"]
+            if not keys and not scalars:
+                warnings.warn(
+                    f"wordybird: {type(inner).__name__} holds no state for {name}; its "
+                    "recording has no optimizer-state fields",
+                    stacklevel=4,
+                )
+            chosen[name] = {f"{name}/{key}": key for key in scalars + keys}
+            self._narrowed |= {f"{name}/value", f"{name}/grad", *(f"{name}/{k}" for k in keys)}
+        return chosen
+
+    def _state(
+        self, inner: Any, name: str, key: str, step: int, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        param = self.params[name]
+        state = inner.state.get(param, {})
+        value = state.get(key)
+        if value is None:
+            if not (is_adam(inner) and not state and key in ADAM_ZERO_STATE):
+                raise WordybirdError(
+                    f"step {step}: the optimizer no longer holds {key!r} for {name}, which "
+                    "earlier steps recorded"
+                )
+            # Adam's state before the parameter's first update: zero by definition
+            value = (
+                torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(param)
+            )
+        value = value.detach()
+        if index is not None and value.shape == param.shape:
+            value = value.index_select(0, index.to(value.device))
+        return value
