@@ -446,3 +446,72 @@ def test_refused_call(tmp_path: Path, case: str) -> None:
     with pytest.raises(WordybirdError, match=re.escape(message)):
         call(tmp_path)
     assert snapshot(tmp_path) == before
+
+
+def _embedding_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _watch(tmp: Path, **options: object) -> object:
+    model, optimizer = _embedding_model()
+    with StreamingRecorder(tmp / "w.zarr") as recorder:
+        return wordybird.watch(model, optimizer, recorder, **options)
+
+
+#: id -> (options of watch() that name what to record wrongly, what the error says)
+BAD_CHOICES: dict[str, tuple[dict[str, object], str]] = {
+    "unknown-name": (
+        {"parameters": ["0.weigth"]},
+        "the model has no parameter matching '0.weigth'; close: 0.weight",
+    ),
+    "pattern-matching-nothing": ({"parameters": ["*.bias_"]}, "no parameter matching '*.bias_'"),
+    "not-a-name": ({"parameters": [3]}, "expected names, glob patterns or a predicate, got 3"),
+    "row-out-of-range": (
+        {"parameters": ["0.weight"], "rows": [0, 10]},
+        "0.weight has rows 0..9; got indices 0..10",
+    ),
+    "negative-row": ({"parameters": ["0.weight"], "rows": [-1]}, "got indices -1..-1"),
+    "mask-of-wrong-length": (
+        {"parameters": ["0.weight"], "rows": [True, False]},
+        "a mask for 0.weight needs shape (10,), got (2,)",
+    ),
+    "float-rows": (
+        {"parameters": ["0.weight"], "rows": [0.5]},
+        "give integer indices or a boolean mask",
+    ),
+    "no-rows-chosen": ({"parameters": ["0.weight"], "rows": []}, "no rows of 0.weight chosen"),
+    "all-false-mask": (
+        {"parameters": ["0.weight"], "rows": [False] * 10},
+        "no rows of 0.weight chosen",
+    ),
+    "rows-of-a-scalar-free-unknown-name": (
+        {"parameters": ["0.weight"], "rows": {"1.weight": [0]}},
+        "rows= names 1.weight, which are not recorded parameters (0.weight)",
+    ),
+    "record-every-0": ({"parameters": ["0.weight"], "record_every": 0}, "record_every must be"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CHOICES)
+def test_refused_choice_of_what_to_record(tmp_path: Path, case: str) -> None:
+    options, message = BAD_CHOICES[case]
+    with pytest.raises(WordybirdError, match=re.escape(message)):
+        _watch(tmp_path, **options)
+
+
+def test_watch_refuses_what_is_not_an_optimizer(tmp_path: Path) -> None:
+    model, _ = _embedding_model()
+    with (
+        StreamingRecorder(tmp_path / "w.zarr") as recorder,
+        pytest.raises(WordybirdError, match="watch\\(\\) needs a torch.optim.Optimizer, got dict"),
+    ):
+        wordybird.watch(model, {}, recorder, parameters=["0.weight"])  # type: ignore[arg-type]
+
+
+def test_the_notebook_layout_refuses_rows_and_store_dtype(tmp_path: Path) -> None:
+    with (
+        StreamingRecorder(tmp_path / "w.zarr") as recorder,
+        pytest.raises(WordybirdError, match="rows= and store_dtype= need parameters="),
+    ):
+        wordybird.RecorderCallback(recorder, rows=[0, 1])

@@ -24,8 +24,8 @@ import zarr
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.recorder import layout
-from wordybird.recorder.delta import delta_decode, delta_encode
 from wordybird.recorder.commit import WritableStore
+from wordybird.recorder.delta import delta_decode, delta_encode
 from wordybird.recorder.format import is_recording
 
 MODES = ["default", "compact"]
@@ -386,8 +386,11 @@ def test_refused_first_step_leaves_the_recorder_usable(tmp_path: Path) -> None:
     with StreamingRecorder(path) as rec:
         with pytest.raises(WordybirdError, match="written from the step argument"):
             rec.record(0, make_step(0) | {"recorded_steps": torch.zeros(2)})
-        with pytest.raises(WordybirdError, match="field name 'a/b' cannot be an array"):
-            rec.record(0, {"a/b": torch.zeros(2)})
+        for bad in ("a//b", "a/.b", "a/__b", "/a"):
+            with pytest.raises(WordybirdError, match=f"field name '{bad}' cannot be an array"):
+                rec.record(0, {bad: torch.zeros(2)})
+        with pytest.raises(WordybirdError, match="'a' is also the group of other fields"):
+            rec.record(0, {"a": torch.zeros(2), "a/b": torch.zeros(2)})
         rec.record(0, make_step(0))
     assert wordybird.open(path).fields == tuple(make_step(0))
 

@@ -45,13 +45,14 @@ _forkserver.set_forkserver_preload(["pytest", "torch", "wordybird.recorder"])
 
 
 def fault_step(step: int) -> dict[str, torch.Tensor]:
-    """Two fields over the small-field limit (so chunks, keyframes and deltas run), a scalar."""
+    """Two fields over the small-field limit (so chunks, keyframes and deltas run), a scalar;
+    one of them in a group of its own (``p/b``: a parameter's fields are nested)."""
     g = torch.Generator().manual_seed(1000 + step)
     a = torch.randn(SHAPE, generator=g).bfloat16()
     a[0, 0] = float("nan")
     return {
         "a": a,
-        "b": (torch.randn(SHAPE, generator=g) * 1e-3).bfloat16(),
+        "p/b": (torch.randn(SHAPE, generator=g) * 1e-3).bfloat16(),
         "loss": torch.tensor(1.0 / (step + 1)).bfloat16(),
     }
 
@@ -114,14 +115,14 @@ KILLS = {
     "between-arrays": ([("record", "create_array", 3)], 0),
     "arrays-created": ([("record", "resize", 1)], 0),
     "first-resized": ([("record", "resized", 1)], 0),
-    "first-chunk": ([("record", "write:b/c/0/0/0", 1)], 0),
+    "first-chunk": ([("record", "write:p/b/c/0/0/0", 1)], 0),
     "before-first-header": ([("record", "commit", 1)], 0),
     "after-first-header": ([("record", "committed", 1)], 1),
     # later steps
     "before-resize": ([("record", "resize", 17)], 16),
     "during-resize": ([("record", "write:loss/zarr.json", 4)], 2),
     "after-resize": ([("record", "resized", 18)], 17),
-    "between-chunks": ([("record", "write:b/c/17/0/0", 1)], 17),
+    "between-chunks": ([("record", "write:p/b/c/17/0/0", 1)], 17),
     "before-header": ([("record", "commit", 17)], 16),
     "during-header": ([("record", "write:zarr.json", 18)], 16),
     "after-header": ([("record", "committed", 18)], 18),
@@ -158,7 +159,8 @@ def test_kill_at_every_protocol_point(tmp_path: Path, mode: str, case: str) -> N
     rec = wordybird.open(path)
     assert rec.mode == mode
     assert rec.uncommitted == 0
-    assert {p.name for p in path.iterdir()} == {"a", "b", "loss", "recorded_steps", "zarr.json"}
+    assert {p.name for p in path.iterdir()} == {"a", "p", "loss", "recorded_steps", "zarr.json"}
+    assert {p.name for p in (path / "p").iterdir()} == {"b", "zarr.json"}
 
 
 # -- a full disk ----------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
 # (point, occurrence) where the disk fills up while recording steps 0..7, and the steps
 # committed by then
 DISK_FULL = {
-    "creating-arrays": ("write:b/zarr.json", 1, 0),
+    "creating-arrays": ("write:p/b/zarr.json", 1, 0),
     "growing-an-array": ("write:loss/zarr.json", 4, 2),
     "writing-a-chunk": ("write:a/c/3/0/0", 1, 3),
     # zarr.json is written by the group's creation, then by each commit: #5 commits step 3
@@ -237,7 +239,7 @@ def test_a_failed_write_leaves_no_write_running(
     """When one of a step's writes fails, its other writes end before the error is reported:
     none lands later, behind the back of a caller that already resumed or gave up."""
     path = tmp_path / "r.zarr"
-    slow = "b/c/3/0/0"
+    slow = "p/b/c/3/0/0"
     put = zarr.storage._local._put
 
     def slow_put(target: Path, value: object, exclusive: bool = False) -> int:
@@ -329,7 +331,7 @@ def test_durable_flushes_each_step_before_its_commit(
         written = {key for kind, key in events[before + 3 : header] if kind == "write"}
         synced = {key for kind, key in events[before + 3 : header] if kind == "fsync"}
         folders = {p.as_posix() for key in written for p in Path(key).parents}
-        assert any(key.startswith("b/c/") for key in written)
+        assert any(key.startswith("p/b/c/") for key in written)
         assert written | folders <= synced, (written | folders) - synced
     check_recording(path, 3)
 

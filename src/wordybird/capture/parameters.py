@@ -77,11 +77,11 @@ def row_indices(rows: Rows, parameter_name: str, parameter: torch.Tensor) -> tor
                 f"{tuple(index.shape)}"
             )
         index = index.nonzero().flatten()
-    elif index.dim() != 1 or index.is_floating_point() or index.is_complex():
-        raise WordybirdError(f"rows=: give integer indices or a boolean mask, got {rows!r}")
-    index = torch.unique(index.to(torch.int64).cpu())  # sorted
     if index.numel() == 0:
         raise WordybirdError(f"rows=: no rows of {parameter_name} chosen")
+    if index.dim() != 1 or index.is_floating_point() or index.is_complex():
+        raise WordybirdError(f"rows=: give integer indices or a boolean mask, got {rows!r}")
+    index = torch.unique(index.to(torch.int64).cpu())  # sorted
     if index[0] < 0 or index[-1] >= count:
         raise WordybirdError(
             f"rows=: {parameter_name} has rows 0..{count - 1}; got indices "
