@@ -17,6 +17,7 @@ or exporting never imports torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +29,20 @@ if TYPE_CHECKING:
     from wordybird.recording import Recording
 
 
-def open(path: str | os.PathLike[str]) -> Recording:
-    """Open a recording lazily: a Zarr store (a folder), an exported ``.safetensors`` file,
-    or a split export (its ``.index.json``, or the name it was exported to)."""
-    p = Path(path)
-    if p.is_dir():
+def open(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, str] | None = None
+) -> Recording:
+    """Open a recording lazily: a Zarr store (a folder or an ``s3://bucket/prefix`` URL,
+    with obstore ``storage_options`` overriding the AWS environment variables), an
+    exported ``.safetensors`` file, or a split export (its ``.index.json``, or the name it
+    was exported to)."""
+    if (isinstance(path, str) and "://" in path) or Path(path).is_dir():
         from wordybird.recorder.reader import ZarrRecording
 
-        return ZarrRecording(p)
+        return ZarrRecording(path, storage_options)
+    if storage_options:
+        raise WordybirdError(f"storage options apply to s3:// URLs, not to {path}")
+    p = Path(path)
     from wordybird.export.layout import INDEX_SUFFIX, index_path
     from wordybird.export.reader import SafetensorsRecording, SplitSafetensorsRecording
 

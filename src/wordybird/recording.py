@@ -138,9 +138,7 @@ class Recording(ABC):
         return {}
 
     def size_on_disk(self) -> int:
-        """Bytes the recording takes on disk (every file of a store)."""
-        if self.path.is_dir():
-            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        """Bytes the recording takes on disk (every file or object of a store)."""
         return self.path.stat().st_size
 
     def __len__(self) -> int:

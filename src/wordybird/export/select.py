@@ -15,8 +15,6 @@ import numpy as np
 
 from wordybird.errors import WordybirdError
 from wordybird.export.layout import SCALAR_METADATA
-from wordybird.recorder.check import find_damage
-from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.reader import ZarrRecording
 from wordybird.recording import STEPS_FIELD, Recording
 
@@ -136,7 +134,7 @@ def readable_positions(
     if not isinstance(rec, ZarrRecording):
         return list(positions), []  # an export has no checksums to verify
     bad: set[int] = set()
-    for damage in find_damage(RecordingStore.open(rec.path, read_only=True)):
+    for damage in rec.damage():
         if damage.field in (STEPS_FIELD, *chosen):
             bad.update(range(damage.first_position, damage.last_position + 1))
     kept = [p for p in positions if p not in bad]

@@ -10,8 +10,8 @@ those as well, so what it calls readable really reads.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from wordybird.errors import DamagedRecordingError
@@ -71,9 +71,11 @@ def _unreadable_blocks(store: RecordingStore, name: str) -> list[tuple[range, st
     return found
 
 
-def check_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
+def check_recording(
+    path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A JSON-able report: what was verified and every damaged range (empty when sound)."""
-    store = RecordingStore.open(Path(path), read_only=True)
+    store = RecordingStore.open(path, read_only=True, storage_options=storage_options)
     damage = find_damage(store)
     return {
         "path": str(path),

@@ -13,13 +13,14 @@ import asyncio
 import os
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous as zasync
+from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 from zarr.core.sync import sync
 
@@ -63,22 +64,28 @@ class WritableStore(RecordingStore):
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        where: str | os.PathLike[str] | storage.Location,
         *,
         metadata: Mapping[str, Any] | None,
         mode: Mode,
         keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
         overwrite: bool = False,
         durable: bool = False,
+        storage_options: Mapping[str, str] | None = None,
     ) -> WritableStore:
-        """Start a new, empty recording at ``path``."""
-        path = Path(path)
+        """Start a new, empty recording at ``where`` (a folder or an ``s3://`` URL)."""
+        path = storage.Location.of(where, storage_options)
         if mode not in MODES:
             raise WordybirdError(f"unknown recording mode {mode!r}; choose one of {MODES}")
-        if path.exists():
-            _make_room(path, overwrite)
-        if not path.parent.is_dir():
-            raise WordybirdError(f"cannot create {path}: {no_folder(path.parent)}")
+        local = path.local
+        if local is not None:
+            if local.exists():
+                _make_room(path, overwrite, lambda: _remove(local), lambda: _empty_folder(local))
+            if not local.parent.is_dir():
+                raise WordybirdError(f"cannot create {path}: {no_folder(local.parent)}")
+        disk = path.store(read_only=False, durable=durable)
+        if local is None and sync(storage.any_key(disk, "")):
+            _make_room(path, overwrite, lambda: sync(disk.delete_dir("")), lambda: False)
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -88,7 +95,6 @@ class WritableStore(RecordingStore):
             "fields": {},
         }
         meta = _jsonable(dict(metadata or {}))
-        disk = storage.LocalStore(path, durable=durable)
         try:
             group = sync(
                 zasync.open_group(
@@ -100,8 +106,8 @@ class WritableStore(RecordingStore):
             )
             store = cls(path, group, disk, header, meta)
             store._sync_folders()
-            if durable:  # the recording's own name, in the folder that holds it
-                fsync_folder(path.parent)
+            if durable and local is not None:  # the recording's name, in its folder
+                fsync_folder(local.parent)
         except OSError as exc:
             raise WordybirdError(f"cannot create recording {path}: {exc}") from exc
         return store
@@ -200,10 +206,11 @@ class WritableStore(RecordingStore):
         header does not name (a first step killed before its commit) and positions past
         ``committed``. Every removal can be redone, so a kill in here is repaired by the next
         call."""
-        for leftover in self.path.rglob("*.partial"):  # zarr's atomic-write temporaries
-            leftover.unlink(missing_ok=True)
+        if self.path.local is not None:  # zarr's atomic-write temporaries (S3 has none)
+            for leftover in self.path.local.rglob("*.partial"):
+                leftover.unlink(missing_ok=True)
         named = [STEPS_FIELD, *self.fields] if self.fields else []
-        _remove_unnamed(self.path, "", set(named))
+        sync(_remove_unnamed(self._disk, "", set(named)))
         n = self.committed
         targets = [self._array(name) for name in named]
 
@@ -225,25 +232,31 @@ class WritableStore(RecordingStore):
         )
 
 
-def _remove_unnamed(folder: Path, prefix: str, named: set[str]) -> None:
-    """Remove the folders under ``folder`` that are neither a named array nor a group on
-    the way to one (fields may be nested: ``"transformer.wte.weight/grad"``)."""
-    for child in sorted(folder.iterdir()):
-        if not child.is_dir():
-            continue
-        name = prefix + child.name
-        if name in named:
+async def _remove_unnamed(disk: Store, prefix: str, named: set[str]) -> None:
+    """Remove the folders under ``prefix`` that are neither a named array nor a group on
+    the way to one (fields may be nested: ``"transformer.wte.weight/grad"``). Files (a
+    group's ``zarr.json``) stay."""
+    children = sorted([child async for child in disk.list_dir(prefix)])
+    for child in children:
+        name = prefix + child
+        if child == "zarr.json" or name in named:
             continue
         if any(n.startswith(name + "/") for n in named):
-            _remove_unnamed(child, name + "/", named)
-        else:
+            await _remove_unnamed(disk, name + "/", named)
+        elif await storage.any_key(disk, name + "/"):  # a folder, not a stray file
             storage.fault_point("remove_orphan")
-            shutil.rmtree(child)
+            await disk.delete_dir(name)
 
 
-def _make_room(path: Path, overwrite: bool) -> None:
+def _make_room(
+    path: storage.Location,
+    overwrite: bool,
+    remove: Callable[[], object],
+    is_empty: Callable[[], bool],
+) -> None:
     """Clear an existing ``path`` for a new recording: only a recording or an empty folder
-    may be replaced, so a mistyped path (the working folder, a home) is never deleted."""
+    may be replaced, so a mistyped path (the working folder, a home, a bucket's other
+    data) is never deleted."""
     recording = is_recording(path)
     if not overwrite:
         raise WordybirdError(
@@ -251,12 +264,16 @@ def _make_room(path: Path, overwrite: bool) -> None:
             "pick another path, or overwrite it explicitly"
         )
     if recording:
-        _remove(path)
-    elif not path.is_dir() or any(path.iterdir()):
+        remove()
+    elif not is_empty():
         raise WordybirdError(
             f"refusing to overwrite {path}: it is neither a wordybird recording nor an empty "
             "folder (delete it yourself if it should go)"
         )
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
 
 def _remove(path: Path) -> None:

@@ -17,16 +17,19 @@ commit protocol; the layout they apply is ``layout.py``'s, compact mode's codec
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
 import os
-from pathlib import Path
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous as zasync
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from wordybird.errors import DamagedRecordingError, WordybirdError
@@ -55,13 +58,13 @@ class RecordingStore:
 
     def __init__(
         self,
-        path: Path,
+        path: storage.Location,
         group: zarr.AsyncGroup,
-        disk: storage.LocalStore,
+        disk: Store,
         header: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
-        self.path = path
+        self.path = path  # where it lives; its str() is the path or URL, for messages
         self._group = group
         self._disk = disk
         self._header = header
@@ -76,15 +79,23 @@ class RecordingStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, read_only: bool = True, durable: bool = False
+        cls,
+        where: str | os.PathLike[str] | storage.Location,
+        *,
+        read_only: bool = True,
+        durable: bool = False,
+        storage_options: Mapping[str, str] | None = None,
     ) -> RecordingStore:
-        """Open an existing recording; clear errors for anything that is not one."""
-        path = Path(path)
-        if not path.exists():
+        """Open an existing recording (a folder or an ``s3://`` URL); clear errors for
+        anything that is not one."""
+        path = storage.Location.of(where, storage_options)
+        if path.local is not None and not path.local.exists():
             raise WordybirdError(f"{path} does not exist")
-        if not (path / "zarr.json").is_file():
+        disk = path.store(read_only=read_only, durable=durable)
+        if not _exists(disk, "zarr.json"):
+            if path.local is None and not sync(storage.any_key(disk, "")):
+                raise WordybirdError(f"{path} does not exist")
             raise WordybirdError(f"{path} is not a wordybird recording (no zarr.json)")
-        disk = storage.LocalStore(path, read_only=read_only, durable=durable)
         try:
             group = sync(
                 zasync.open_group(store=disk, mode="r" if read_only else "r+", zarr_format=3)
@@ -143,9 +154,9 @@ class RecordingStore:
             self._arrays[name] = array.with_config(ARRAY_CONFIG)
         return self._arrays[name]
 
-    def _chunk_files(self, name: str, positions: range) -> list[Path]:
-        """The chunk files that hold ``positions`` of an array. A sound recording has every
-        one of them (chunks equal to the fill value are written too: ARRAY_CONFIG), so a
+    def _chunk_keys(self, name: str, positions: range) -> list[str]:
+        """The chunks that hold ``positions`` of an array. A sound recording has every one
+        of them (chunks equal to the fill value are written too: ARRAY_CONFIG), so a
         missing one is damage, which zarr alone would read silently as zeros."""
         array = self._array(name)
         grid = array.metadata.chunk_grid.chunk_shape
@@ -154,7 +165,7 @@ class RecordingStore:
             for size, rows in zip(array.shape[1:], grid[1:], strict=True)
         ]
         return [
-            self.path / name / array.metadata.encode_chunk_key((row, *coords))
+            f"{name}/{array.metadata.encode_chunk_key((row, *coords))}"
             for row in range(positions[0] // grid[0], positions[-1] // grid[0] + 1)
             for coords in itertools.product(*across)
         ]
@@ -212,9 +223,11 @@ class RecordingStore:
         if isinstance(positions, int):
             positions = range(positions, positions + 1)
         try:
-            for chunk in self._chunk_files(name, positions) if positions else []:
-                if not chunk.is_file():
-                    raise FileNotFoundError(f"chunk file {chunk.relative_to(self.path)} is missing")
+            keys = self._chunk_keys(name, positions) if positions else []
+            found = sync(_gather(*(self._disk.exists(key) for key in keys)))
+            missing = [key for key, there in zip(keys, found, strict=True) if not there]
+            if missing:
+                raise FileNotFoundError(f"chunk {missing[0]} is missing")
             return sync(array.getitem(index))
         except (ValueError, RuntimeError, OSError) as exc:  # checksum, codec, I/O errors
             if positions and positions[-1] >= self._committed_on_disk():
@@ -230,9 +243,10 @@ class RecordingStore:
     def _committed_on_disk(self) -> int:
         """``committed`` as the header on disk says now (a reader's copy may be older)."""
         try:
-            header = json.loads((self.path / "zarr.json").read_bytes())
+            found = sync(self._disk.get("zarr.json", default_buffer_prototype()))
+            header = json.loads(found.to_bytes())
             return int(header["attributes"]["wordybird"]["committed"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return self.committed
 
     def _where(self, name: str, index: int | slice) -> str:
@@ -252,12 +266,29 @@ class RecordingStore:
         span = f"step {steps[0]}" if first == last else f"steps {steps[0]}..{steps[-1]}"
         return f"{span} ({where})"
 
-    def stored_nbytes(self, name: str) -> int:
-        """Bytes the field's array takes on disk (chunks and metadata)."""
-        return sum(f.stat().st_size for f in (self.path / name).rglob("*") if f.is_file())
+    def stored_nbytes(self, name: str = "") -> int:
+        """Bytes the field's array takes on disk (chunks and metadata); with no name, the
+        whole recording's."""
+        return sync(self._disk.getsize_prefix(f"{name}/" if name else ""))
 
 
-def is_recording(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a folder holding a wordybird recording's group metadata."""
-    p = Path(path) / "zarr.json"
-    return p.is_file() and FORMAT_NAME in p.read_text(errors="replace")
+def is_recording(
+    where: str | os.PathLike[str] | storage.Location, options: Mapping[str, str] | None = None
+) -> bool:
+    """True when ``where`` (a folder or an ``s3://`` URL) holds a wordybird recording's
+    group metadata."""
+    location = storage.Location.of(where, options)
+    if location.local is not None:
+        p = location.local / "zarr.json"
+        return p.is_file() and FORMAT_NAME in p.read_text(errors="replace")
+    disk = location.store(read_only=True)
+    found = sync(disk.get("zarr.json", default_buffer_prototype()))
+    return found is not None and FORMAT_NAME in found.to_bytes().decode(errors="replace")
+
+
+def _exists(disk: Store, key: str) -> bool:
+    return sync(disk.exists(key))
+
+
+async def _gather(*checks: Awaitable[bool]) -> list[bool]:
+    return list(await asyncio.gather(*checks))

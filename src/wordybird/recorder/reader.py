@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wordybird.recorder.check import Damage, find_damage
 from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.layout import FieldSpec
+from wordybird.recorder.storage import Location
 from wordybird.recording import Index, Recording
 
 
@@ -22,8 +25,12 @@ class ZarrRecording(Recording):
 
     format = "zarr"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
+    ) -> None:
+        self._where = Location.of(path, storage_options)
+        #: the recording's folder (a Path), or its s3:// URL
+        self.path: Path | str = self._where.local or self._where.text
         self.refresh()
 
     def refresh(self) -> None:
@@ -32,11 +39,11 @@ class ZarrRecording(Recording):
         The store is opened anew: nothing read before (array shapes, compact mode's last
         decoded step) survives, since a writer may have truncated and re-recorded since.
         """
-        store = RecordingStore.open(self.path, read_only=True)
+        store = RecordingStore.open(self._where, read_only=True)
         while not store.open_arrays():
             # a truncation shrank an array after the header was read: read the header again
             # (if it has not changed, the store is damaged instead, which reads report)
-            again = RecordingStore.open(self.path, read_only=True)
+            again = RecordingStore.open(self._where, read_only=True)
             if again.committed == store.committed:
                 break
             store = again
@@ -78,6 +85,14 @@ class ZarrRecording(Recording):
         """Compressed bytes of ``field`` in the store."""
         self._spec(field)
         return self._store.stored_nbytes(field)
+
+    def damage(self) -> list[Damage]:
+        """Every unreadable (field, positions) range of the committed steps (reads, and so
+        checksums, every chunk: see ``wordybird check``)."""
+        return find_damage(RecordingStore.open(self._where, read_only=True))
+
+    def size_on_disk(self) -> int:
+        return self._store.stored_nbytes()
 
     def read_numpy(self, field: str, index: Index) -> np.ndarray:
         self._spec(field)

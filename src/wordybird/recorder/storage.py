@@ -1,22 +1,98 @@
-"""The store's access to the disk: zarr's LocalStore with durable writes, and the fault points.
+"""Where a recording lives, and the store that reaches it: a local folder or S3.
 
-Every write of a recording goes through :class:`LocalStore`, which adds what the commit
-protocol needs (fsync before rename in durable mode; the folders to flush before a commit)
-and calls :func:`fault_point` before each write, where tests make the process die or the
-disk fill up.
+A recording is a Zarr v3 group in a zarr store: :class:`LocalStore` for a folder (zarr's,
+plus fsync before rename in durable mode and the folders to flush before a commit) or
+:class:`S3Store` for an ``s3://bucket/prefix`` URL (zarr's ``ObjectStore`` over obstore).
+Both call :func:`fault_point` before each write, where tests make the process die or the
+disk fill up. Everything above this module reaches the recording through the zarr store
+API only (get, set, exists, list_dir, delete_dir, getsize_prefix), so that the commit
+protocol is the same code on a disk and in a bucket.
+
+obstore was chosen over s3fs (zarr's ``FsspecStore``) by measurement against a local S3
+server: writing a notebook-sized step 115 vs 161 ms, reading it 39 vs 114 ms
+(benchmarks/bench_s3.py). Chunks are at most a few MB, below obstore's 5 MiB multipart
+threshold, so every object is one atomic PUT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zarr.storage
+from zarr.abc.store import Store
 from zarr.core.buffer import Buffer
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
+
+from wordybird.errors import WordybirdError
+
+#: obstore's client options (its ClientConfig); every other storage option is S3 config.
+_CLIENT_OPTIONS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "http1_only",
+        "http2_only",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    }
+)
+#: Where the AWS tools read a custom endpoint (a local or S3-compatible server) from.
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+
+
+def is_url(where: object) -> bool:
+    """Whether ``where`` names object storage (``s3://…``) rather than a local path."""
+    return isinstance(where, str) and "://" in where
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a recording lives: a local folder, or a prefix in an S3 bucket.
+
+    ``str(location)`` is the path or URL as the user gave it, for messages.
+    """
+
+    text: str
+    local: Path | None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, where: str | os.PathLike[str] | Location, options: Mapping[str, str] | None = None
+    ) -> Location:
+        if isinstance(where, Location):
+            return where if options is None else cls(where.text, where.local, dict(options))
+        if is_url(where):
+            if not where.startswith("s3://") or len(where) <= len("s3://"):
+                raise WordybirdError(
+                    f"{where}: only local paths and s3://bucket/prefix URLs are supported"
+                )
+            return cls(where.rstrip("/"), None, dict(options or {}))
+        if options:
+            raise WordybirdError(
+                f"storage options ({', '.join(options)}) apply to s3:// URLs, not to {where}"
+            )
+        return cls(os.fspath(where), Path(where))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def store(self, *, read_only: bool, durable: bool = False) -> Store:
+        """The zarr store of the recording, with fault points on every write."""
+        if self.local is not None:
+            return LocalStore(self.local, read_only=read_only, durable=durable)
+        return S3Store.at(self.text, self.options, read_only=read_only)
 
 
 def fault_point(point: str) -> None:
@@ -64,6 +140,47 @@ class LocalStore(zarr.storage.LocalStore):
         return folders
 
 
+class S3Store(zarr.storage.ObjectStore):
+    """zarr's ObjectStore on an S3 bucket, with a fault point before every write.
+
+    An acknowledged PUT is durable and atomic on S3: there is nothing to fsync, and no
+    temporary names (hence no rename) are used.
+    """
+
+    @classmethod
+    def at(cls, url: str, options: Mapping[str, str], *, read_only: bool) -> S3Store:
+        """The store for ``s3://bucket/prefix``: credentials, region and endpoint from the
+        usual AWS environment variables, overridden by ``options`` (obstore's S3 config
+        keys such as ``endpoint``, ``region``, ``access_key_id``, or client options such
+        as ``allow_http``). A custom endpoint (a local or S3-compatible server) gets
+        path-style requests, and plain HTTP when its URL says ``http://``."""
+        from obstore.store import S3Store as ObstoreS3
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        config = {k: v for k, v in options.items() if k not in _CLIENT_OPTIONS}
+        client = {k: v for k, v in options.items() if k in _CLIENT_OPTIONS}
+        endpoint = config.get("endpoint") or next(
+            (os.environ[v] for v in _ENDPOINT_VARIABLES if os.environ.get(v)), None
+        )
+        if endpoint:
+            config = {"endpoint": endpoint, "virtual_hosted_style_request": "false", **config}
+            if endpoint.startswith("http://"):
+                client = {"allow_http": "true", **client}
+        try:
+            inner = ObstoreS3(bucket, prefix=prefix or None, config=config, client_options=client)
+        except Exception as exc:  # obstore's builder errors: a bad option or value
+            raise WordybirdError(f"cannot reach {url}: {exc}") from exc
+        return cls(inner, read_only=read_only)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        fault_point(f"write:{key}")
+        await super().set(key, value)
+
+    def take_folders(self) -> set[Path]:
+        """No folders to flush on S3 (see :meth:`LocalStore.take_folders`)."""
+        return set()
+
+
 def _put_durable(path: Path, value: Buffer) -> None:
     """zarr's atomic write (its ``*.partial`` temporary, renamed) with the data fsynced
     before the rename."""
@@ -84,3 +201,11 @@ async def gather_all(*steps: Awaitable[Any]) -> None:
     for result in await asyncio.gather(*steps, return_exceptions=True):
         if isinstance(result, BaseException):
             raise result
+
+
+async def any_key(disk: Store, prefix: str) -> bool:
+    """Whether any key starts with ``prefix`` (a folder, or an S3 prefix, that is not
+    empty: S3 has no folders of its own)."""
+    async for _ in disk.list_prefix(prefix):
+        return True
+    return False

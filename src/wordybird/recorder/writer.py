@@ -31,6 +31,7 @@ from wordybird.recorder.commit import WritableStore
 from wordybird.recorder.format import is_recording
 from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
 from wordybird.recorder.snapshot import Snapshot, SnapshotPool, as_tensor
+from wordybird.recorder.storage import Location
 
 _STOP = object()
 #: recorded_steps holds int64 step numbers.
@@ -69,7 +70,8 @@ class StreamingRecorder:
     with ``resume=True`` continues after them once the cause is gone.
 
     Args:
-        path: the recording's folder (conventionally ``*.zarr``).
+        path: the recording's folder (conventionally ``*.zarr``), or an
+            ``s3://bucket/prefix`` URL.
         metadata: JSON-able run metadata, stored in the group's attributes.
         mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it) or
             ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md).
@@ -79,7 +81,10 @@ class StreamingRecorder:
         queue_size: steps that may wait for the writer before ``record()`` blocks.
         durable: fsync each step's files, then the header that commits it, then the folder,
             so that a power loss (not only a killed process) keeps every committed step.
-            Costs time per step: see benchmarks/bench_durable.py.
+            Costs time per step: see benchmarks/bench_durable.py. (On S3 every
+            acknowledged write is durable already.)
+        storage_options: for an ``s3://`` URL, obstore S3 settings overriding the AWS
+            environment variables (``endpoint``, ``region``, ``access_key_id``, …).
     """
 
     def __init__(
@@ -92,23 +97,26 @@ class StreamingRecorder:
         overwrite: bool = False,
         queue_size: int = 2,
         durable: bool = False,
+        storage_options: Mapping[str, str] | None = None,
     ) -> None:
         if queue_size < 1:
             raise WordybirdError(f"queue_size must be at least 1, got {queue_size}")
-        self.path = path = Path(path)
+        where = Location.of(path, storage_options)
+        #: the recording's folder (a Path), or its s3:// URL
+        self.path: Path | str = where.local if where.local is not None else where.text
         if resume and overwrite:
             raise WordybirdError("resume and overwrite exclude each other")
         if resume:
-            if not is_recording(path):
-                raise WordybirdError(f"cannot resume {path}: it is not a wordybird recording")
-            self._store = WritableStore.open(path, read_only=False, durable=durable)
+            if not is_recording(where):
+                raise WordybirdError(f"cannot resume {where}: it is not a wordybird recording")
+            self._store = WritableStore.open(where, read_only=False, durable=durable)
             with self._disk_errors("resuming"):
                 self._store.discard_uncommitted()
                 if metadata:
                     self._store.update_metadata(metadata)
         else:
             self._store = WritableStore.create(
-                path, metadata=metadata, mode=mode, overwrite=overwrite, durable=durable
+                where, metadata=metadata, mode=mode, overwrite=overwrite, durable=durable
             )
         self._queue_size = queue_size
         self._work: queue.Queue[Any] = queue.Queue()
