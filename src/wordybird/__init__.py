@@ -36,7 +36,9 @@ def open(
     with obstore ``storage_options`` overriding the AWS environment variables), an
     exported ``.safetensors`` file, or a split export (its ``.index.json``, or the name it
     was exported to)."""
-    if (isinstance(path, str) and "://" in path) or Path(path).is_dir():
+    from wordybird.location import is_url
+
+    if is_url(path) or Path(path).is_dir():
         from wordybird.recorder.reader import ZarrRecording
 
         return ZarrRecording(path, storage_options)

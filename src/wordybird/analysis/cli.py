@@ -13,14 +13,26 @@ from wordybird.analysis.masks import default_masks_path, load_masks
 from wordybird.analysis.plots import write_plots
 from wordybird.analysis.report import format_report, write_outputs
 from wordybird.analysis.run_inputs import embeddings_shape
+from wordybird.clitypes import PathOrURL, storage_options
+from wordybird.errors import WordybirdError
+from wordybird.location import is_url
 
 
 def _analyze_path(
-    path: Path, masks_path: Path | None, threshold: float, *, fallback_masks: Path | None = None
+    path: Path | str,
+    masks_path: Path | None,
+    threshold: float,
+    storage_options: dict[str, str],
+    *,
+    fallback_masks: Path | None = None,
 ) -> Analysis:
     """Open one recording, find its masks and analyse it."""
-    with wordybird.open(path) as recording:
-        if masks_path is None:
+    with wordybird.open(path, storage_options=storage_options or None) as recording:
+        if masks_path is None and is_url(path):
+            if fallback_masks is None:
+                raise WordybirdError(f"{path} is in object storage: give its masks with --masks")
+            masks_path = fallback_masks
+        elif masks_path is None:
             masks_path = default_masks_path(path)
             if not masks_path.is_file() and fallback_masks is not None:
                 masks_path = fallback_masks
@@ -30,23 +42,23 @@ def _analyze_path(
 
 
 @click.command()
-@click.argument("recording", type=click.Path(path_type=Path))
+@click.argument("recording", type=PathOrURL())
 @click.option(
     "--masks",
     type=click.Path(path_type=Path),
     help="Token masks (safetensors with trained_mask/untrained_mask). "
-    "Default: token_masks.safetensors beside the recording.",
+    "Default: token_masks.safetensors beside the recording (give it for an s3:// one).",
 )
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder. Default: analysis/ beside the recording.",
+    help="Output folder. Default: analysis/ beside the recording (give it for an s3:// one).",
 )
 @click.option(
     "--compare",
     "compare",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=PathOrURL(),
     help="Another recording to overlay in the plots (repeatable). Its masks are the "
     "token_masks.safetensors beside it, else the main run's.",
 )
@@ -57,21 +69,27 @@ def _analyze_path(
     show_default=True,
     help="Untrained hop fraction below which a step counts as frozen.",
 )
+@storage_options
 def analyze(
-    recording: Path,
+    recording: Path | str,
     masks: Path | None,
     out: Path | None,
-    compare: tuple[Path, ...],
+    compare: tuple[Path | str, ...],
     threshold: float,
+    storage_options: dict[str, str],
 ) -> None:
     """Which bf16 embedding coordinates hop at each step, and why untrained ones freeze.
 
     Writes analysis.json, analysis.csv, hops.png and displacement.png, and prints the
     freeze step with its explanation from the recorded Adam state.
     """
-    main = _analyze_path(recording, masks, threshold)
+    if out is None and is_url(recording):
+        raise WordybirdError(f"{recording} is in object storage: give a local --out folder")
+    main = _analyze_path(recording, masks, threshold, storage_options)
     others = [
-        _analyze_path(other, None, threshold, fallback_masks=Path(main.summary["masks"]))
+        _analyze_path(
+            other, None, threshold, storage_options, fallback_masks=Path(main.summary["masks"])
+        )
         for other in compare
     ]
     out_dir = out if out is not None else recording.parent / "analysis"

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+import wordybird
+from wordybird.clitypes import PathOrURL, storage_options
+
 #: glibc's mallopt parameter for the number of malloc arenas.
 _M_ARENA_MAX = -8
 
@@ -29,7 +32,7 @@ def _keep_memory_flat() -> None:
 
 
 @click.command()
-@click.argument("recording", type=click.Path(path_type=Path))
+@click.argument("recording", type=PathOrURL())
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option(
     "--steps",
@@ -63,8 +66,9 @@ def _keep_memory_flat() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT (or a split export's files).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@storage_options
 def export(
-    recording: Path,
+    recording: Path | str,
     out: Path,
     steps: str | None,
     fields: str | None,
@@ -73,8 +77,10 @@ def export(
     skip_damaged: bool,
     overwrite: bool,
     quiet: bool,
+    storage_options: dict[str, str],
 ) -> None:
-    """Write RECORDING (a Zarr store or an export) as the safetensors file OUT.
+    """Write RECORDING (a Zarr store, local or s3://, or an export) as the local
+    safetensors file OUT.
 
     The file has the notebook's layout (load it with safetensors' load_file) and is
     streamed: memory stays flat whatever its size. OUT appears only once complete. A file
@@ -85,9 +91,12 @@ def export(
     from wordybird.export.writer import export_safetensors
 
     _keep_memory_flat()
-    with tqdm(unit="B", unit_scale=True, disable=quiet, desc=out.name, leave=False, delay=1) as bar:
+    with (
+        wordybird.open(recording, storage_options=storage_options or None) as rec,
+        tqdm(unit="B", unit_scale=True, disable=quiet, desc=out.name, leave=False, delay=1) as bar,
+    ):
         path = export_safetensors(
-            recording,
+            rec,
             out,
             steps=steps,
             fields=fields,

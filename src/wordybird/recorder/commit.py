@@ -26,6 +26,7 @@ from zarr.core.sync import sync
 
 from wordybird.atomic import fsync_folder
 from wordybird.errors import WordybirdError, no_folder
+from wordybird.location import Location
 from wordybird.recorder import storage
 from wordybird.recorder.format import FORMAT_NAME, FORMAT_VERSION, RecordingStore, is_recording
 from wordybird.recorder.layout import (
@@ -64,7 +65,7 @@ class WritableStore(RecordingStore):
     @classmethod
     def create(
         cls,
-        where: str | os.PathLike[str] | storage.Location,
+        where: str | os.PathLike[str] | Location,
         *,
         metadata: Mapping[str, Any] | None,
         mode: Mode,
@@ -74,7 +75,7 @@ class WritableStore(RecordingStore):
         storage_options: Mapping[str, str] | None = None,
     ) -> WritableStore:
         """Start a new, empty recording at ``where`` (a folder or an ``s3://`` URL)."""
-        path = storage.Location.of(where, storage_options)
+        path = Location.of(where, storage_options)
         if mode not in MODES:
             raise WordybirdError(f"unknown recording mode {mode!r}; choose one of {MODES}")
         local = path.local
@@ -249,7 +250,7 @@ async def _remove_unnamed(disk: Store, prefix: str, named: set[str]) -> None:
 
 
 def _make_room(
-    path: storage.Location,
+    path: Location,
     overwrite: bool,
     remove: Callable[[], object],
     is_empty: Callable[[], bool],

@@ -33,6 +33,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from wordybird.errors import DamagedRecordingError, WordybirdError
+from wordybird.location import Location
 from wordybird.recorder import (
     bf16,  # noqa: F401  (registers the Zarr bfloat16 type)
     storage,
@@ -58,7 +59,7 @@ class RecordingStore:
 
     def __init__(
         self,
-        path: storage.Location,
+        path: Location,
         group: zarr.AsyncGroup,
         disk: Store,
         header: dict[str, Any],
@@ -80,7 +81,7 @@ class RecordingStore:
     @classmethod
     def open(
         cls,
-        where: str | os.PathLike[str] | storage.Location,
+        where: str | os.PathLike[str] | Location,
         *,
         read_only: bool = True,
         durable: bool = False,
@@ -88,11 +89,11 @@ class RecordingStore:
     ) -> RecordingStore:
         """Open an existing recording (a folder or an ``s3://`` URL); clear errors for
         anything that is not one."""
-        path = storage.Location.of(where, storage_options)
+        path = Location.of(where, storage_options)
         if path.local is not None and not path.local.exists():
             raise WordybirdError(f"{path} does not exist")
         disk = path.store(read_only=read_only, durable=durable)
-        if not _exists(disk, "zarr.json"):
+        if not _exists(path, disk, "zarr.json"):
             if path.local is None and not sync(storage.any_key(disk, "")):
                 raise WordybirdError(f"{path} does not exist")
             raise WordybirdError(f"{path} is not a wordybird recording (no zarr.json)")
@@ -273,11 +274,11 @@ class RecordingStore:
 
 
 def is_recording(
-    where: str | os.PathLike[str] | storage.Location, options: Mapping[str, str] | None = None
+    where: str | os.PathLike[str] | Location, options: Mapping[str, str] | None = None
 ) -> bool:
     """True when ``where`` (a folder or an ``s3://`` URL) holds a wordybird recording's
     group metadata."""
-    location = storage.Location.of(where, options)
+    location = Location.of(where, options)
     if location.local is not None:
         p = location.local / "zarr.json"
         return p.is_file() and FORMAT_NAME in p.read_text(errors="replace")
@@ -286,8 +287,18 @@ def is_recording(
     return found is not None and FORMAT_NAME in found.to_bytes().decode(errors="replace")
 
 
-def _exists(disk: Store, key: str) -> bool:
-    return sync(disk.exists(key))
+def _exists(path: Location, disk: Store, key: str) -> bool:
+    """Whether ``key`` exists: the first request to a store, so the place where a bucket
+    that cannot be reached (no server, no credentials, no such bucket) says so."""
+    try:
+        return sync(disk.exists(key))
+    except OSError:
+        raise
+    except Exception as exc:  # obstore's errors
+        if path.local is not None:
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise WordybirdError(f"cannot reach {path}: {first_line}") from exc
 
 
 async def _gather(*checks: Awaitable[bool]) -> list[bool]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from wordybird.location import Location
 from wordybird.recorder.check import Damage, find_damage
 from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.layout import FieldSpec
-from wordybird.recorder.storage import Location
 from wordybird.recording import Index, Recording
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,50 +48,6 @@ _CLIENT_OPTIONS = frozenset(
 )
 #: Where the AWS tools read a custom endpoint (a local or S3-compatible server) from.
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
-
-
-def is_url(where: object) -> bool:
-    """Whether ``where`` names object storage (``s3://…``) rather than a local path."""
-    return isinstance(where, str) and "://" in where
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a recording lives: a local folder, or a prefix in an S3 bucket.
-
-    ``str(location)`` is the path or URL as the user gave it, for messages.
-    """
-
-    text: str
-    local: Path | None
-    options: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(
-        cls, where: str | os.PathLike[str] | Location, options: Mapping[str, str] | None = None
-    ) -> Location:
-        if isinstance(where, Location):
-            return where if options is None else cls(where.text, where.local, dict(options))
-        if is_url(where):
-            if not where.startswith("s3://") or len(where) <= len("s3://"):
-                raise WordybirdError(
-                    f"{where}: only local paths and s3://bucket/prefix URLs are supported"
-                )
-            return cls(where.rstrip("/"), None, dict(options or {}))
-        if options:
-            raise WordybirdError(
-                f"storage options ({', '.join(options)}) apply to s3:// URLs, not to {where}"
-            )
-        return cls(os.fspath(where), Path(where))
-
-    def __str__(self) -> str:
-        return self.text
-
-    def store(self, *, read_only: bool, durable: bool = False) -> Store:
-        """The zarr store of the recording, with fault points on every write."""
-        if self.local is not None:
-            return LocalStore(self.local, read_only=read_only, durable=durable)
-        return S3Store.at(self.text, self.options, read_only=read_only)
 
 
 def fault_point(point: str) -> None:
@@ -154,7 +109,12 @@ class S3Store(zarr.storage.ObjectStore):
         keys such as ``endpoint``, ``region``, ``access_key_id``, or client options such
         as ``allow_http``). A custom endpoint (a local or S3-compatible server) gets
         path-style requests, and plain HTTP when its URL says ``http://``."""
-        from obstore.store import S3Store as ObstoreS3
+        try:
+            from obstore.store import S3Store as ObstoreS3
+        except ModuleNotFoundError:
+            raise WordybirdError(
+                f"{url}: s3:// recordings need obstore: pip install 'wordybird[s3]'"
+            ) from None
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         config = {k: v for k, v in options.items() if k not in _CLIENT_OPTIONS}

@@ -27,11 +27,11 @@ import torch
 
 from wordybird.dtypes import numpy_dtype_of
 from wordybird.errors import WordybirdError
+from wordybird.location import Location
 from wordybird.recorder.commit import WritableStore
 from wordybird.recorder.format import is_recording
 from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
 from wordybird.recorder.snapshot import Snapshot, SnapshotPool, as_tensor
-from wordybird.recorder.storage import Location
 
 _STOP = object()
 #: recorded_steps holds int64 step numbers.

@@ -1,0 +1,64 @@
+"""Where a recording lives: a local path, or an ``s3://bucket/prefix`` URL with its options.
+
+Light on purpose (no zarr import): the command line and ``wordybird.open`` decide with it
+which kind of place they were given before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wordybird.errors import WordybirdError
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
+
+
+def is_url(where: object) -> bool:
+    """Whether ``where`` names object storage (``s3://…``) rather than a local path."""
+    return isinstance(where, str) and "://" in where
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a recording lives: a local folder, or a prefix in an S3 bucket.
+
+    ``str(location)`` is the path or URL as the user gave it, for messages.
+    """
+
+    text: str
+    local: Path | None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, where: str | os.PathLike[str] | Location, options: Mapping[str, str] | None = None
+    ) -> Location:
+        if isinstance(where, Location):
+            return where if options is None else cls(where.text, where.local, dict(options))
+        if is_url(where):
+            if not where.startswith("s3://") or len(where) <= len("s3://"):
+                raise WordybirdError(
+                    f"{where}: only local paths and s3://bucket/prefix URLs are supported"
+                )
+            return cls(where.rstrip("/"), None, dict(options or {}))
+        if options:
+            raise WordybirdError(
+                f"storage options ({', '.join(options)}) apply to s3:// URLs, not to {where}"
+            )
+        return cls(os.fspath(where), Path(where))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def store(self, *, read_only: bool, durable: bool = False) -> Store:
+        """The zarr store of the recording, with fault points on every write."""
+        from wordybird.recorder.storage import LocalStore, S3Store
+
+        if self.local is not None:
+            return LocalStore(self.local, read_only=read_only, durable=durable)
+        return S3Store.at(self.text, self.options, read_only=read_only)
