@@ -17,12 +17,9 @@ commit protocol; the layout they apply is ``layout.py``'s, compact mode's codec
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-import math
 import os
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -155,22 +152,6 @@ class RecordingStore:
             self._arrays[name] = array.with_config(ARRAY_CONFIG)
         return self._arrays[name]
 
-    def _chunk_keys(self, name: str, positions: range) -> list[str]:
-        """The chunks that hold ``positions`` of an array. A sound recording has every one
-        of them (chunks equal to the fill value are written too: ARRAY_CONFIG), so a
-        missing one is damage, which zarr alone would read silently as zeros."""
-        array = self._array(name)
-        grid = array.metadata.chunk_grid.chunk_shape
-        across = [
-            range(math.ceil(size / rows))
-            for size, rows in zip(array.shape[1:], grid[1:], strict=True)
-        ]
-        return [
-            f"{name}/{array.metadata.encode_chunk_key((row, *coords))}"
-            for row in range(positions[0] // grid[0], positions[-1] // grid[0] + 1)
-            for coords in itertools.product(*across)
-        ]
-
     def stored_length(self, name: str) -> int:
         """Positions the array holds on disk now (``committed`` or more while a step is in
         flight; fewer only in a damaged recording)."""
@@ -224,12 +205,11 @@ class RecordingStore:
         if isinstance(positions, int):
             positions = range(positions, positions + 1)
         try:
-            keys = self._chunk_keys(name, positions) if positions else []
-            found = sync(_gather(*(self._disk.exists(key) for key in keys)))
-            missing = [key for key, there in zip(keys, found, strict=True) if not there]
+            with storage.missing_keys() as missing:
+                values = sync(array.getitem(index))
             if missing:
-                raise FileNotFoundError(f"chunk {missing[0]} is missing")
-            return sync(array.getitem(index))
+                raise FileNotFoundError(f"chunk {sorted(missing)[0]} is missing")
+            return values
         except (ValueError, RuntimeError, OSError) as exc:  # checksum, codec, I/O errors
             if positions and positions[-1] >= self._committed_on_disk():
                 raise WordybirdError(
@@ -299,7 +279,3 @@ def _exists(path: Location, disk: Store, key: str) -> bool:
             raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise WordybirdError(f"cannot reach {path}: {first_line}") from exc
-
-
-async def _gather(*checks: Awaitable[bool]) -> list[bool]:
-    return list(await asyncio.gather(*checks))

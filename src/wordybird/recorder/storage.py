@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import zarr.storage
-from zarr.abc.store import Store
-from zarr.core.buffer import Buffer
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
 from wordybird.errors import WordybirdError
@@ -65,7 +67,43 @@ def fault_point(point: str) -> None:
     """
 
 
-class LocalStore(zarr.storage.LocalStore):
+#: While a read runs under :func:`missing_keys`: the keys it asked for that do not exist.
+_missing: ContextVar[set[str] | None] = ContextVar("wordybird_missing_keys", default=None)
+
+
+@contextmanager
+def missing_keys() -> Iterator[set[str]]:
+    """Collect the keys that reads in this block found missing.
+
+    zarr reads a missing chunk as its fill value, silently; in a recording every chunk of
+    a committed step exists, so a missing one is damage. Noting the misses as the reads
+    happen costs no request of its own (an ``exists`` per chunk would double a read's
+    requests on S3). The context reaches zarr's event-loop tasks: ``sync`` submits the
+    read with a copy of the caller's context, and tasks inherit it.
+    """
+    found: set[str] = set()
+    token = _missing.set(found)
+    try:
+        yield found
+    finally:
+        _missing.reset(token)
+
+
+class _NotesMisses:
+    """Mixed into the stores: report each missing key to :func:`missing_keys`."""
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        value = await super().get(key, prototype, byte_range)  # type: ignore[misc]
+        if value is None:
+            found = _missing.get()
+            if found is not None:
+                found.add(key)
+        return value
+
+
+class LocalStore(_NotesMisses, zarr.storage.LocalStore):
     """zarr's LocalStore plus what the commit protocol needs from it: a fault point before
     every write and, when ``durable``, writes that reach the disk (LocalStore never fsyncs).
 
@@ -95,7 +133,7 @@ class LocalStore(zarr.storage.LocalStore):
         return folders
 
 
-class S3Store(zarr.storage.ObjectStore):
+class S3Store(_NotesMisses, zarr.storage.ObjectStore):
     """zarr's ObjectStore on an S3 bucket, with a fault point before every write.
 
     An acknowledged PUT is durable and atomic on S3: there is nothing to fsync, and no
