@@ -216,3 +216,27 @@ def test_cli_inspect_check_and_export_from_s3(bucket: str, endpoint: str, tmp_pa
     missing = cli("inspect", f"s3://{bucket}/nothing.zarr")
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"error: s3://{bucket}/nothing.zarr does not exist"
+
+
+def test_tensorstore_reads_a_default_mode_store_on_s3(bucket: str, endpoint: str) -> None:
+    """An independent Zarr v3 reader (TensorStore, its own S3 client) gets the same bf16."""
+    ts = pytest.importorskip("tensorstore")
+    url = f"s3://{bucket}/r.zarr"
+    with StreamingRecorder(url) as rec:
+        for step in range(3):
+            rec.record(step, faults.fault_step(step))
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {
+            "driver": "s3",
+            "bucket": bucket,
+            "path": "r.zarr/p/b/",
+            "endpoint": endpoint,
+            "aws_region": "us-east-1",
+        },
+    }
+    data = ts.open(spec).result().read().result()
+    assert str(data.dtype) == "bfloat16"
+    for position in range(3):
+        got = torch.from_numpy(data[position].view("int16")).view(torch.bfloat16)
+        assert same_bits(got, faults.fault_step(position)["p/b"])
