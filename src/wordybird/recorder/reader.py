@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from wordybird.errors import DamagedRecordingError
+from wordybird.recorder.delta import decode_run
 from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.layout import FieldSpec
 from wordybird.recording import Index, Recording
@@ -87,6 +89,30 @@ class ZarrRecording(Recording):
         if not (values.flags.c_contiguous and values.flags.writeable):
             values = values.copy()  # torch.from_numpy needs memory it may own and write
         return values
+
+    def block_length(self, field: str) -> int:
+        """The store's chunk along the step axis (one step for big fields, 1024 for small
+        ones); in compact mode a delta field's keyframe interval, so that each block decodes
+        one keyframe run, and every step once."""
+        if self._spec(field).encoding == "delta":
+            return self._store.keyframe_interval
+        return self._store.chunk_rows(field)
+
+    def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Positions ``[start, stop)``; a delta field is decoded from the keyframe at or before
+        ``start`` in one pass, without the store's shared one-step cache (which concurrent
+        readers of different runs would keep evicting)."""
+        spec = self._spec(field)
+        if spec.encoding != "delta" or not 0 <= start < stop <= len(self._steps):
+            return super().read_block(field, start, stop)
+        keyframe = start - start % self._store.keyframe_interval
+        try:
+            stored = np.asarray(self._store.read_stored(field, slice(keyframe, stop)))
+        except DamagedRecordingError:
+            for position in range(keyframe, stop):  # name the damaged step, not the run
+                self._store.read_stored(field, position)
+            raise
+        return decode_run(stored)[start - keyframe :].view(spec.numpy_dtype)
 
     def _spec(self, field: str) -> FieldSpec:
         try:
