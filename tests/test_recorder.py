@@ -25,7 +25,7 @@ import wordybird
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.recorder import layout
 from wordybird.recorder.commit import WritableStore
-from wordybird.recorder.delta import delta_decode, delta_encode
+from wordybird.recorder.delta import decode_run, delta_decode, delta_encode
 from wordybird.recorder.format import is_recording
 
 MODES = ["default", "compact"]
@@ -100,18 +100,38 @@ def test_bf16_arrays_declare_the_bfloat16_data_type(tmp_path: Path) -> None:
 
 
 def test_other_zarr_readers_decode_the_default_mode(tmp_path: Path) -> None:
-    """TensorStore knows the core codecs and the bfloat16 extension: it reads our bits."""
+    """TensorStore knows the core codecs and the bfloat16 extension: it opens every bf16
+    field as bfloat16 and reads our bits, for small fields (zstd, many steps a chunk), big
+    ones (blosc with bit shuffle, a step cut into pieces) and a parameter's nested fields.
+    (On S3: tests/test_s3.py.)"""
     ts = pytest.importorskip("tensorstore")
-    record_steps(tmp_path / "r.zarr", [0, 1, 2])
-    spec = {
-        "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": str(tmp_path / "r.zarr" / "embeddings")},
-    }
-    data = ts.open(spec).result().read().result()
-    assert str(data.dtype) == "bfloat16"
+    path = tmp_path / "r.zarr"
+    big = {s: torch.randn(70_000, 16, generator=torch.Generator().manual_seed(s)) for s in range(3)}
+    with StreamingRecorder(path) as rec:
+        for s in range(3):
+            rec.record(
+                s,
+                {
+                    **make_step(s),
+                    "big": big[s].bfloat16(),  # 2.2 MB a step: two chunks of at most 2 MiB
+                    "wte.weight/value": big[s][:40, :8].bfloat16(),
+                },
+            )
+    meta = json.loads((path / "big" / "zarr.json").read_text())
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, 35_000, 16]
+    with wordybird.open(path) as rec:
+        bf16_fields = [f for f in rec.fields if rec.dtype(f) == torch.bfloat16]
+        assert bf16_fields == ["embeddings", "logits", "losses", "big", "wte.weight/value"]
+        for field in bf16_fields:
+            kvstore = {"driver": "file", "path": str(path / field)}
+            array = ts.open({"driver": "zarr3", "kvstore": kvstore}).result()
+            assert array.dtype.name == "bfloat16", field
+            data = array[: len(rec)].read().result()  # only committed positions are valid
+            assert str(data.dtype) == "bfloat16"
+            assert data.tobytes() == rec[field].numpy(slice(None)).tobytes(), field
     for position in range(3):
         got = torch.from_numpy(data[position].view(np.int16)).view(torch.bfloat16)
-        assert same_bits(got, make_step(position)["embeddings"])
+        assert same_bits(got, big[position][:40, :8].bfloat16())
 
 
 def test_snapshot_is_taken_before_record_returns(tmp_path: Path) -> None:
@@ -666,3 +686,16 @@ def test_compact_delta_encoding_inverts_exactly(dtype: str) -> None:
     assert stored.dtype == np.dtype(dtype)
     assert list(stored[:4]) == [2, 1, 0, 1]  # +1, -1, 0, -1 zigzagged
     assert np.array_equal(delta_decode(stored, before), now)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<u4"])
+def test_a_keyframe_run_decodes_in_one_pass_as_step_by_step(dtype: str) -> None:
+    """decode_run (a Dask chunk's decoding) equals delta_decode position after position."""
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(1)
+    steps = rng.integers(0, top, (16, 300), dtype=dtype, endpoint=True)
+    steps[:, :2] = [[top, 0]] * 16  # wrap-around every step
+    steps[1::2, :2] = [0, top]
+    stored = np.stack([steps[0], *(delta_encode(b, a) for a, b in itertools.pairwise(steps))])
+    assert np.array_equal(decode_run(stored.copy()), steps)
+    assert np.array_equal(decode_run(stored[:1].copy()), steps[:1])

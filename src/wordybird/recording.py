@@ -4,7 +4,8 @@ A recording looks the same whether it is a Zarr store, an exported safetensors f
 split export: ``rec.steps``, ``rec.fields``, ``len(rec)``, ``rec.metadata``,
 ``rec[field][i]`` / ``rec[field][a:b]`` (torch tensors in the stored dtype),
 ``rec[field].numpy(i)`` (numpy arrays, bf16 as ``ml_dtypes.bfloat16``, without importing
-torch) and ``rec.at_step(step)``. Nothing is read until indexed, and reading one step of a
+torch), ``rec.at_step(step)`` and ``rec.to_xarray()`` (a lazy, Dask-backed
+``xarray.Dataset``: ``lazy.py``). Nothing is read until indexed, and reading one step of a
 field touches only that step's bytes.
 
 Backends implement a handful of numpy-level methods; this module knows none of them, and
@@ -13,7 +14,10 @@ Backends implement a handful of numpy-level methods; this module knows none of t
 
 from __future__ import annotations
 
+import functools
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,11 +28,17 @@ from wordybird.dtypes import to_torch, torch_dtype_of
 
 if TYPE_CHECKING:
     import torch
+    import xarray
 
 #: Positions of a read: one position, or a unit-stride slice already within range.
 Index = int | slice
 #: The step numbers: stored beside the fields, read as :attr:`Recording.steps`.
 STEPS_FIELD = "recorded_steps"
+#: Fields whose one step is at most this many bytes are read in blocks of many steps
+#: (:meth:`Recording.block_length`); the store chunks them the same way (``layout.py``).
+SMALL_STEP_BYTES = 16 << 10
+#: Steps per block of such small fields.
+SMALL_FIELD_STEPS_PER_BLOCK = 1024
 
 
 class FieldView:
@@ -124,6 +134,50 @@ class Recording(ABC):
 
     def close(self) -> None:  # noqa: B027  (only file-backed forms hold a resource)
         """Release any open file."""
+
+    # -- parallel reads (Dask workers, ``to_xarray``) ---------------------------------------
+
+    def block_length(self, field: str) -> int:
+        """Positions per block of a parallel read (one Dask chunk along ``step``).
+
+        Block ``k`` is positions ``[k·n, (k+1)·n)``, read at once by :meth:`read_block`. One
+        step for big fields, :data:`SMALL_FIELD_STEPS_PER_BLOCK` for fields of at most
+        :data:`SMALL_STEP_BYTES` a step; a store follows its chunks (and compact mode's
+        keyframe runs).
+        """
+        nbytes = math.prod(self.step_shape(field)) * self.numpy_dtype(field).itemsize
+        return 1 if nbytes > SMALL_STEP_BYTES else SMALL_FIELD_STEPS_PER_BLOCK
+
+    def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Positions ``[start, stop)`` of ``field`` (within ``len(self)``), safe to call
+        from several threads at once: no decoding state is shared between calls."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(
+                f"positions {start}..{stop} are outside the {len(self)} recorded step(s) "
+                f"of {self.path}"
+            )
+        return self.read_numpy(field, slice(start, stop))
+
+    def reopener(self) -> Callable[[], Recording]:
+        """How another process (a Dask worker) opens this same recording: a picklable
+        callable without arguments. A backend that needs more than its path to open (a
+        remote store's options) returns a callable that carries them."""
+        return functools.partial(type(self), self.path)
+
+    def to_xarray(self, *, token_field: str | None = None) -> xarray.Dataset:
+        """The recording as an ``xarray.Dataset`` of Dask arrays, read only when computed.
+
+        One variable per field, first dimension ``step`` (the step numbers are its
+        coordinate); ``token``/``dim`` for the axes of the embedding matrix, ``<name>_dim<i>``
+        for other axes (``lazy.py`` states the rule; ``token_field`` names the [vocab, dim]
+        field when the recording has no ``embeddings``). A Dask chunk is one step of a big
+        field, a compact recording's keyframe run, or many steps of a small field. Runs on
+        any Dask scheduler, a ``distributed`` cluster's processes included. Needs
+        ``pip install 'wordybird[xarray]'``.
+        """
+        from wordybird.lazy import to_xarray
+
+        return to_xarray(self, token_field=token_field)
 
     def dtype(self, field: str) -> torch.dtype:
         """The stored dtype of ``field`` as a torch dtype."""

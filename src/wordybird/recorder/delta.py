@@ -33,6 +33,18 @@ def delta_decode(stored: np.ndarray, previous: np.ndarray) -> np.ndarray:
     return previous + diff
 
 
+def decode_run(stored: np.ndarray) -> np.ndarray:
+    """Consecutive positions' bits from their stored form, the first being a keyframe.
+
+    The same as :func:`delta_decode` applied position after position, done as one wrapping
+    cumulative sum along the first axis (unsigned sums wrap modulo 2^w, as the deltas do).
+    """
+    diffs = (stored >> 1) ^ (np.zeros_like(stored) - (stored & 1))
+    if len(diffs):
+        diffs[0] = stored[0]
+    return np.cumsum(diffs, axis=0, dtype=stored.dtype, out=diffs)
+
+
 class DeltaChains:
     """The keyframe chains of a compact recording's delta fields, with a one-step cache.
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wordybird.errors import DamagedRecordingError
 from wordybird.location import Location
 from wordybird.recorder.check import Damage, find_damage
+from wordybird.recorder.delta import decode_run
 from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.layout import FieldSpec
 from wordybird.recording import Index, Recording
@@ -86,6 +89,10 @@ class ZarrRecording(Recording):
         self._spec(field)
         return self._store.stored_nbytes(field)
 
+    def reopener(self) -> Callable[[], ZarrRecording]:
+        # the storage options travel too: an s3:// recording reopens in a Dask worker
+        return functools.partial(ZarrRecording, self._where.text, dict(self._where.options))
+
     def damage(self) -> list[Damage]:
         """Every unreadable (field, positions) range of the committed steps (reads, and so
         checksums, every chunk: see ``wordybird check``)."""
@@ -102,6 +109,30 @@ class ZarrRecording(Recording):
         if not (values.flags.c_contiguous and values.flags.writeable):
             values = values.copy()  # torch.from_numpy needs memory it may own and write
         return values
+
+    def block_length(self, field: str) -> int:
+        """The store's chunk along the step axis (one step for big fields, 1024 for small
+        ones); in compact mode a delta field's keyframe interval, so that each block decodes
+        one keyframe run, and every step once."""
+        if self._spec(field).encoding == "delta":
+            return self._store.keyframe_interval
+        return self._store.chunk_rows(field)
+
+    def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Positions ``[start, stop)``; a delta field is decoded from the keyframe at or before
+        ``start`` in one pass, without the store's shared one-step cache (which concurrent
+        readers of different runs would keep evicting)."""
+        spec = self._spec(field)
+        if spec.encoding != "delta" or not 0 <= start < stop <= len(self._steps):
+            return super().read_block(field, start, stop)
+        keyframe = start - start % self._store.keyframe_interval
+        try:
+            stored = np.asarray(self._store.read_stored(field, slice(keyframe, stop)))
+        except DamagedRecordingError:
+            for position in range(keyframe, stop):  # name the damaged step, not the run
+                self._store.read_stored(field, position)
+            raise
+        return decode_run(stored)[start - keyframe :].view(spec.numpy_dtype)
 
     def _spec(self, field: str) -> FieldSpec:
         try:
