@@ -240,3 +240,29 @@ def test_tensorstore_reads_a_default_mode_store_on_s3(bucket: str, endpoint: str
     for position in range(3):
         got = torch.from_numpy(data[position].view("int16")).view(torch.bfloat16)
         assert same_bits(got, faults.fault_step(position)["p/b"])
+
+
+def test_a_dask_cluster_reads_an_s3_recording_with_its_storage_options(
+    bucket: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """to_xarray's tasks reopen the recording in each worker process: the storage options
+    travel with them (the workers' environment points nowhere)."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    url, options = f"s3://{bucket}/r.zarr", {"endpoint": endpoint}
+    with StreamingRecorder(url, mode="compact", storage_options=options) as rec:
+        for step in range(20):
+            rec.record(step, faults.fault_step(step))
+    with wordybird.open(url, storage_options=options) as rec:
+        dataset = rec.to_xarray()
+        expected = rec["p/b"].numpy(slice(None)).astype("float64").sum(axis=(1, 2))
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        values = dataset["p/b"].astype("float64")
+        got = values.sum(dim=list(values.dims[1:])).compute()
+    assert got["step"].values.tolist() == list(range(20))
+    assert abs(got.values - expected).max() <= 1e-12 * abs(expected).max()
