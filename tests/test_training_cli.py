@@ -55,7 +55,10 @@ def test_train_then_continue(corpus: Path, tmp_path: Path) -> None:
         "train", "--corpus", corpus, "--steps", "3", "--batch-size", "2", "--out", wb1, *TINY
     )
     assert done.returncode == 0, done.stderr
+    # the summary is the output; the progress bar, with the loss, goes to stderr
+    assert done.stdout.startswith("Training complete: steps 1-3"), done.stdout
     assert "Loss: step 1" in done.stdout and "Untrained-token displacement" in done.stdout
+    assert "loss=" in done.stderr
     for name in ("recording.zarr", "token_masks.safetensors", "summary.json", "checkpoint-3"):
         assert (wb1 / name).exists(), name
 

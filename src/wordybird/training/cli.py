@@ -80,7 +80,7 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _config(options: dict[str, Any], learning_rate: float = 1e-3):
-    from wordybird.training.experiments import TrainConfig
+    from wordybird.training.config import TrainConfig
     from wordybird.training.model import ModelConfig
 
     return TrainConfig(
@@ -181,9 +181,11 @@ def continue_(
 def masks(corpus: Path | None, out: Path) -> None:
     """Write the token masks: a token is "trained" when it occurs in the corpus."""
     from wordybird.training.data import load_corpus, save_token_masks, token_masks, tokenize
+    from wordybird.training.offline import offline
 
     text = load_corpus(corpus)
-    result = token_masks(tokenize(text))
+    with offline():
+        result = token_masks(tokenize(text))
     save_token_masks(result, out)
     n = int(result["trained_mask"].sum())
     total = len(result["trained_mask"])
