@@ -228,6 +228,51 @@ def test_continue_fresh_optimizer_starts_adam_at_zero(
         assert rec["variance"][1].any()
 
 
+def test_continue_from_weights_only_needs_fresh_optimizer(
+    wb1: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """A folder of weights only, as ``save_pretrained`` writes them (what the notebook's
+    ``from_pretrained`` loaded), has no Adam state to continue: refused unless declined,
+    and then trained from step 0 with a fresh optimizer, as the notebook did."""
+    from wordybird.training.checkpoints import load_checkpoint_model
+
+    weights = tmp_path / "weights"
+    load_checkpoint_model(wb1 / "checkpoint-3").save_pretrained(weights)
+    with pytest.raises(WordybirdError, match="holds model weights only.*--fresh-optimizer"):
+        continue_training(weights, tmp_path / "refused", config(corpus, steps=2))
+    assert not (tmp_path / "refused").exists()
+
+    continue_training(weights, tmp_path / "wb3", config(corpus, steps=2), fresh_optimizer=True)
+    with (
+        wordybird.open(tmp_path / "wb3" / "recording.zarr") as rec,
+        wordybird.open(wb1 / "recording.zarr") as before,
+    ):
+        assert rec.steps.tolist() == [0, 1, 2]
+        assert torch.equal(rec["embeddings"][0], before["embeddings"][-1])  # the saved weights
+        assert not rec["momentum"][0].any() and rec["variance"][1].any()
+        assert rec["learning_rates"][1:].tolist() == pytest.approx([1e-3, 5e-4])
+
+
+def test_continue_inherits_the_settings_of_the_checkpoints_run(tmp_path: Path) -> None:
+    from wordybird.training.config import RunPlan, write_run_file
+    from wordybird.training.continuing import inherit_settings
+
+    run = tmp_path / "run"
+    (run / "checkpoint-5").mkdir(parents=True)
+    ran = TrainConfig(corpus="/data/toy.txt", batch_size=3, seed=7, mode="compact")
+    write_run_file(run, RunPlan(ran))
+    asked = TrainConfig(steps=9, batch_size=5)
+
+    got, sources = inherit_settings(run / "checkpoint-5", asked, given={"batch_size"})
+    assert got == TrainConfig(steps=9, batch_size=5, corpus="/data/toy.txt", seed=7, mode="compact")
+    assert sources == {"corpus": "run", "batch_size": "given", "seed": "run", "mode": "run"}
+
+    (tmp_path / "elsewhere").mkdir()  # a checkpoint with no run file beside it
+    got, sources = inherit_settings(tmp_path / "elsewhere", asked, given=())
+    assert got == asked
+    assert set(sources.values()) == {"default"}
+
+
 def test_runs_switch_the_hub_offline_while_they_work(
     wb1: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -632,3 +677,7 @@ def test_bad_checkpoints(wb1: Path, corpus: Path, tmp_path: Path) -> None:
     continue_training(weights_only, tmp_path / "c", config(corpus, steps=1), fresh_optimizer=True)
     with pytest.raises(WordybirdError, match="holds no run"):
         resume(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run.json").write_text('{"steps": 3}')  # JSON, but not a run's
+    with pytest.raises(WordybirdError, match=r"run.json is not a wordybird run file: KeyError"):
+        resume(tmp_path / "other")

@@ -34,6 +34,14 @@ def checkpoint_folder(path: Path) -> Path:
     return path
 
 
+def is_weights_only(folder: Path) -> bool:
+    """Whether ``folder`` holds a model as ``save_pretrained`` writes it, and no training
+    state: what the notebook's ``from_pretrained`` loaded."""
+    return (folder / MODEL_CONFIG_FILE).is_file() and not any(
+        (folder / name).exists() for name in (TRAINER_STATE_FILE, OPTIMIZER_FILE)
+    )
+
+
 def step_of(checkpoint: Path) -> int:
     """The step of a ``checkpoint-N`` folder."""
     return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])

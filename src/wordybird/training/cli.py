@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from wordybird.errors import WordybirdError
 
@@ -150,22 +151,45 @@ def train(out: Path, lr: float, resume: bool, **options: Any) -> None:
     is_flag=True,
     help="Start Adam from zero instead of the checkpoint's state (as the notebook did).",
 )
+@click.pass_context
 def continue_(
-    checkpoint: Path, out: Path, schedule: str, fresh_optimizer: bool, **options: Any
+    ctx: click.Context,
+    checkpoint: Path,
+    out: Path,
+    schedule: str,
+    fresh_optimizer: bool,
+    **options: Any,
 ) -> None:
-    """Continue training from CHECKPOINT (default: WB3, 100 more steps)."""
+    """Continue training from CHECKPOINT (default: WB3, 100 more steps).
+
+    The corpus, batch size, seed and recording mode are those of the checkpoint's run
+    (the run.json beside the checkpoint) unless given; the command says where each came from.
+    """
     from wordybird.training import experiments
+    from wordybird.training.continuing import INHERITED, inherit_settings
 
     _quiet_libraries()
+    given = [n for n in INHERITED if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
+    config, sources = inherit_settings(checkpoint, _config(options), given)
+    for name, source in sources.items():
+        click.echo(_setting_line(name, getattr(config, name), source))
     result = experiments.continue_training(
         checkpoint,
         out,
-        _config(options),
+        config,
         schedule=schedule,
         fresh_optimizer=fresh_optimizer,
         overwrite=options["overwrite"],
     )
     click.echo(experiments.format_summary(result))
+
+
+def _setting_line(name: str, value: object, source: str) -> str:
+    """``batch size: 2 (from the checkpoint's run)``, ``seed: 7 (from --seed)``, …"""
+    label = {"batch_size": "batch size", "mode": "recording mode"}.get(name, name)
+    shown = "the Python stdlib's documentation" if value is None else value
+    origin = {"run": "from the checkpoint's run", "given": f"from --{name.replace('_', '-')}"}
+    return f"{label}: {shown} ({origin.get(source, 'default')})"
 
 
 @click.command()

@@ -5,7 +5,7 @@ produced, and the names of the files a run folder holds."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +53,13 @@ class TrainConfig:
                 raise WordybirdError(f"{name} must be positive, got {value}")
         if not self.learning_rate > 0:
             raise WordybirdError(f"the learning rate must be positive, got {self.learning_rate}")
+
+    def with_absolute_corpus(self) -> TrainConfig:
+        """This config with its corpus as an absolute path: the run file must name the same
+        file from any folder, for ``--resume`` and for a ``continue`` that inherits it."""
+        if self.corpus is None:
+            return self
+        return replace(self, corpus=str(Path(self.corpus).resolve()))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,16 +1,21 @@
-"""Planning ``wordybird continue``: where the new run starts, and with which optimizer
-state and learning-rate schedule.
+"""Planning ``wordybird continue``: which settings the new run takes from the checkpoint's
+run, where it starts, and with which optimizer state and learning-rate schedule.
 
-The notebook's ``from_pretrained`` loaded weights only and silently trained with a fresh
-optimizer; ``--fresh-optimizer`` reproduces that.
+A checkpoint is either a Trainer checkpoint (weights, ``optimizer.pt``, ``scheduler.pt``,
+``trainer_state.json``, RNG state) or weights only, as ``save_pretrained`` writes them. The
+notebook's ``from_pretrained`` loaded weights only and silently trained with a fresh
+optimizer; ``--fresh-optimizer`` reproduces that, and is required to continue from weights
+only, which carry no Adam state and no step (the new run counts from step 0, as the
+notebook's did).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from transformers import GPT2LMHeadModel
 
@@ -18,19 +23,54 @@ from wordybird.errors import WordybirdError
 from wordybird.training.checkpoints import (
     OPTIMIZER_FILE,
     SCHEDULER_FILE,
+    TRAINER_STATE_FILE,
     checkpoint_folder,
+    is_weights_only,
     load_checkpoint_model,
     model_config_of,
     torch_load,
     trainer_state,
 )
-from wordybird.training.config import RunPlan, Schedule, TrainConfig
+from wordybird.training.config import RunPlan, Schedule, TrainConfig, read_run_file
 from wordybird.training.schedules import (
     ConstantFactor,
     LinearDecay,
     LRFactor,
     schedule_from_state,
 )
+
+#: The settings a continued run takes from the checkpoint's run unless given.
+INHERITED = ("corpus", "batch_size", "seed", "mode")
+
+#: Where a setting came from: the checkpoint's run, the caller, or the default.
+Source = Literal["run", "given", "default"]
+
+
+def inherit_settings(
+    checkpoint: Path, config: TrainConfig, given: Collection[str]
+) -> tuple[TrainConfig, dict[str, Source]]:
+    """``config`` with the :data:`INHERITED` settings not named in ``given`` taken from the
+    checkpoint's run, and where each of them came from.
+
+    A continued run goes on with its run's data: the Trainer's resume skips the batches that
+    run has seen, which only means something for the same corpus, batch size and seed (the
+    seed orders the batches); and its recording keeps the run's mode. The checkpoint's run is
+    the run file in the folder holding the checkpoint, as ``train`` and ``continue`` write it
+    (``runs/wb1/run.json`` for ``runs/wb1/checkpoint-100``). Without one (a plain Trainer
+    checkpoint, weights saved elsewhere), ``config``'s values stand.
+    """
+    run = read_run_file(checkpoint_folder(checkpoint).resolve().parent)
+    sources: dict[str, Source] = {}
+    inherited: dict[str, Any] = {}
+    for name in INHERITED:
+        if name in given:
+            sources[name] = "given"
+        elif run is None:
+            sources[name] = "default"
+        else:
+            sources[name] = "run"
+            inherited[name] = getattr(run.config, name)
+    return replace(config, **inherited), sources
 
 
 def plan_continue(
@@ -48,7 +88,7 @@ def plan_continue(
     base_lr, factor = _schedule(checkpoint, state, schedule, config)
     model = load_checkpoint_model(checkpoint)
     plan = RunPlan(
-        replace(config, model=model_config_of(model)),
+        replace(config.with_absolute_corpus(), model=model_config_of(model)),
         start_step=start,
         base_lr=base_lr,
         schedule=vars(factor),
@@ -60,8 +100,16 @@ def plan_continue(
 
 
 def _training_state(checkpoint: Path, fresh_optimizer: bool) -> dict[str, Any]:
-    """The checkpoint's ``trainer_state.json``; refused when Adam's state is missing and not
-    declined."""
+    """The checkpoint's ``trainer_state.json`` ({} for weights only); refused when Adam's
+    state is missing and not declined."""
+    if is_weights_only(checkpoint):
+        if not fresh_optimizer:
+            raise WordybirdError(
+                f"{checkpoint} holds model weights only (no {TRAINER_STATE_FILE} or "
+                f"{OPTIMIZER_FILE}); pass --fresh-optimizer to start Adam from zero as the "
+                "notebook did"
+            )
+        return {}
     state = trainer_state(checkpoint)
     if not fresh_optimizer and not (checkpoint / OPTIMIZER_FILE).is_file():
         raise WordybirdError(

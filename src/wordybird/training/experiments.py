@@ -12,7 +12,7 @@ state, scheduler, RNG, skipping the batches already seen) serve all three:
   and ``scheduler.pt`` say exactly what was asked for (the checkpoint's Adam state or a fresh
   one; a restarted, continued or constant schedule; see :mod:`.continuing`). Data continues
   where the checkpoint left off, as an uninterrupted run's would (the notebook's fresh
-  Trainer replayed the first batches).
+  Trainer replayed the first batches). From weights only, a fresh Trainer starts at step 0.
 
 All three run with the Hugging Face libraries offline (:mod:`.offline`).
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from wordybird.errors import WordybirdError
 from wordybird.training.checkpoints import (
+    is_weights_only,
     last_complete_checkpoint,
     list_checkpoints,
     load_checkpoint_model,
@@ -58,6 +59,7 @@ def train(
 ) -> RunResult:
     """WB1/WB2: train a fresh model for ``config.steps`` steps, recording into ``out``."""
     config.validate()
+    config = config.with_absolute_corpus()
     out = Path(out)
     data = RunData.load(config)
     _prepare_out(out, overwrite=overwrite)
@@ -101,7 +103,10 @@ def continue_training(
     """WB3: continue from a checkpoint for ``config.steps`` more steps.
 
     Weights, Adam state (unless ``fresh_optimizer``), RNG and the data position come from
-    the checkpoint; step numbers go on from its step. ``schedule``: see
+    the checkpoint; step numbers go on from its step. ``config`` is used as it is: pass it
+    through :func:`~wordybird.training.continuing.inherit_settings` first to take the
+    corpus, batch size, seed and recording mode from the checkpoint's run, as
+    ``wordybird continue`` does. ``schedule``: see
     :func:`~wordybird.training.continuing.plan_continue`.
     """
     config.validate()
@@ -112,7 +117,8 @@ def continue_training(
     )
     data = RunData.load(plan.config)
     _prepare_out(out, overwrite=overwrite, keep=checkpoint)
-    return run(plan, out, model, data, stage_from=checkpoint)
+    stage_from = None if is_weights_only(checkpoint) else checkpoint
+    return run(plan, out, model, data, stage_from=stage_from)
 
 
 def _prepare_out(out: Path, *, overwrite: bool, keep: Path | None = None) -> None:

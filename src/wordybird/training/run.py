@@ -79,7 +79,8 @@ def run(
     Where the Trainer's state comes from: ``resume_from``, a checkpoint of this run
     (``--resume``: the recording is cut back to it and goes on); ``stage_from``, another
     run's checkpoint (``continue``: the Trainer resumes a staged copy whose optimizer and
-    scheduler state are the plan's); neither, a fresh Trainer (``train``).
+    scheduler state are the plan's); neither, a fresh Trainer (``train``, or ``continue``
+    from weights only).
     """
     c = plan.config
     save_token_masks(data.masks, out / MASKS)
