@@ -105,6 +105,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=16,
     )
     save_other_model(LlamaForCausalLM(llama), w / "llama", checkpoint / "trainer_state.json")
+    GPT2LMHeadModel.from_pretrained(checkpoint).save_pretrained(w / "weights-only")
+    copy_checkpoint(checkpoint, w / "torn-run" / "checkpoint-2")
+    (w / "torn-run" / "run.json").write_text('{"config": {"steps"')  # killed mid-write
     return w
 
 
@@ -230,6 +233,19 @@ CLI_REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
     "continue-smaller-vocabulary": (
         ("continue", "{w}/vocab-1000", "--fresh-optimizer", *CONTINUE),
         "outside the model's vocabulary of 1000",
+    ),
+    "continue-weights-only": (
+        ("continue", "{w}/weights-only", *CONTINUE),
+        "weights-only holds model weights only (no trainer_state.json or optimizer.pt); "
+        "pass --fresh-optimizer",
+    ),
+    "continue-damaged-run-file": (
+        ("continue", "{w}/torn-run/checkpoint-2", "--out", "{w}/wb3"),
+        "torn-run/run.json: Expecting ':' delimiter",
+    ),
+    "resume-damaged-run-file": (
+        ("train", "--resume", "--out", "{w}/torn-run"),
+        "torn-run/run.json: Expecting ':' delimiter",
     ),
     "continue-overwriting-its-run": (
         ("continue", "{w}/wb1/checkpoint-2", *CORPUS_ARG, "--out", "{w}/wb1", "--overwrite"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from wordybird.training.control import RunControl
 from wordybird.training.data import TokenDataset, read_corpus, token_masks, tokenize
 from wordybird.training.experiments import TrainConfig, continue_training, resume, train
 from wordybird.training.model import ModelConfig, build_model, compute_in
+from wordybird.training.schedules import WordybirdTrainer
 from wordybird.training.tokenizer import load_tokenizer
 
 TINY = ModelConfig(n_embd=8, n_layer=1, n_head=1, n_positions=16)
@@ -64,6 +67,28 @@ def test_tokenizer_is_gpt2_offline() -> None:
     tokenizer = load_tokenizer()
     assert len(tokenizer) == 50257
     assert tokenizer.encode("Hello world") == [15496, 995]
+
+
+def test_importing_changes_no_environment_variable() -> None:
+    """Importing the package (directly, or through ``wordybird.RecorderCallback``) leaves
+    the environment as it was: a script that records its own Trainer run must still be able
+    to download its model, and its child processes inherit nothing of ours."""
+    code = """
+import os
+import huggingface_hub, torch, transformers  # what these do at import is theirs
+before = dict(os.environ)
+import wordybird
+wordybird.RecorderCallback
+import wordybird.training.cli, wordybird.training.experiments
+changed = {k for k in before.keys() | os.environ.keys() if before.get(k) != os.environ.get(k)}
+assert not changed, changed
+assert not huggingface_hub.is_offline_mode()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_masks_mark_exactly_the_corpus_tokens(corpus: Path) -> None:
@@ -128,13 +153,13 @@ def test_recorded_step_is_what_the_trainer_held(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     capture = _Capture()
-    original = experiments.WordybirdTrainer.__init__
+    original = WordybirdTrainer.__init__
 
     def init_with_capture(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.add_callback(capture)
 
-    monkeypatch.setattr(experiments.WordybirdTrainer, "__init__", init_with_capture)
+    monkeypatch.setattr(WordybirdTrainer, "__init__", init_with_capture)
     # a tiny clipping norm makes every step's clipping matter
     result = train(config(corpus, steps=3, max_grad_norm=1e-3), tmp_path / "run")
 
@@ -201,6 +226,73 @@ def test_continue_fresh_optimizer_starts_adam_at_zero(
         assert not rec["momentum"][0].any() and not rec["variance"][0].any()
         # Adam's first step from zero: exp_avg_sq = (1 - beta2) * grad^2, nothing older
         assert rec["variance"][1].any()
+
+
+def test_continue_from_weights_only_needs_fresh_optimizer(
+    wb1: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """A folder of weights only, as ``save_pretrained`` writes them (what the notebook's
+    ``from_pretrained`` loaded), has no Adam state to continue: refused unless declined,
+    and then trained from step 0 with a fresh optimizer, as the notebook did."""
+    from wordybird.training.checkpoints import load_checkpoint_model
+
+    weights = tmp_path / "weights"
+    load_checkpoint_model(wb1 / "checkpoint-3").save_pretrained(weights)
+    with pytest.raises(WordybirdError, match="holds model weights only.*--fresh-optimizer"):
+        continue_training(weights, tmp_path / "refused", config(corpus, steps=2))
+    assert not (tmp_path / "refused").exists()
+
+    continue_training(weights, tmp_path / "wb3", config(corpus, steps=2), fresh_optimizer=True)
+    with (
+        wordybird.open(tmp_path / "wb3" / "recording.zarr") as rec,
+        wordybird.open(wb1 / "recording.zarr") as before,
+    ):
+        assert rec.steps.tolist() == [0, 1, 2]
+        assert torch.equal(rec["embeddings"][0], before["embeddings"][-1])  # the saved weights
+        assert not rec["momentum"][0].any() and rec["variance"][1].any()
+        assert rec["learning_rates"][1:].tolist() == pytest.approx([1e-3, 5e-4])
+
+
+def test_continue_inherits_the_settings_of_the_checkpoints_run(tmp_path: Path) -> None:
+    from wordybird.training.config import RunPlan, write_run_file
+    from wordybird.training.continuing import inherit_settings
+
+    run = tmp_path / "run"
+    (run / "checkpoint-5").mkdir(parents=True)
+    ran = TrainConfig(corpus="/data/toy.txt", batch_size=3, seed=7, mode="compact")
+    write_run_file(run, RunPlan(ran))
+    asked = TrainConfig(steps=9, batch_size=5)
+
+    got, sources = inherit_settings(run / "checkpoint-5", asked, given={"batch_size"})
+    assert got == TrainConfig(steps=9, batch_size=5, corpus="/data/toy.txt", seed=7, mode="compact")
+    assert sources == {"corpus": "run", "batch_size": "given", "seed": "run", "mode": "run"}
+
+    (tmp_path / "elsewhere").mkdir()  # a checkpoint with no run file beside it
+    got, sources = inherit_settings(tmp_path / "elsewhere", asked, given=())
+    assert got == asked
+    assert set(sources.values()) == {"default"}
+
+
+def test_runs_switch_the_hub_offline_while_they_work(
+    wb1: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No environment variable says so (see the import test): each run turns
+    huggingface_hub's offline mode on for its duration, and back off after."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    offline_at_steps: list[bool] = []
+    original = RunControl.on_step_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        offline_at_steps.append(huggingface_hub.is_offline_mode())
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(RunControl, "on_step_end", on_step_end)
+    train(config(corpus, steps=1), tmp_path / "wb1")
+    continue_training(wb1 / "checkpoint-3", tmp_path / "wb3", config(corpus, steps=1))
+    assert offline_at_steps == [True, True]
+    assert not huggingface_hub.is_offline_mode()
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [("constant", 1e-3 / 3), ("continue", 0.0)])
@@ -585,3 +677,7 @@ def test_bad_checkpoints(wb1: Path, corpus: Path, tmp_path: Path) -> None:
     continue_training(weights_only, tmp_path / "c", config(corpus, steps=1), fresh_optimizer=True)
     with pytest.raises(WordybirdError, match="holds no run"):
         resume(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run.json").write_text('{"steps": 3}')  # JSON, but not a run's
+    with pytest.raises(WordybirdError, match=r"run.json is not a wordybird run file: KeyError"):
+        resume(tmp_path / "other")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import signal
@@ -55,7 +57,10 @@ def test_train_then_continue(corpus: Path, tmp_path: Path) -> None:
         "train", "--corpus", corpus, "--steps", "3", "--batch-size", "2", "--out", wb1, *TINY
     )
     assert done.returncode == 0, done.stderr
+    # the summary is the output; the progress bar, with the loss, goes to stderr
+    assert done.stdout.startswith("Training complete: steps 1-3"), done.stdout
     assert "Loss: step 1" in done.stdout and "Untrained-token displacement" in done.stdout
+    assert "loss=" in done.stderr
     for name in ("recording.zarr", "token_masks.safetensors", "summary.json", "checkpoint-3"):
         assert (wb1 / name).exists(), name
 
@@ -72,6 +77,52 @@ def test_train_then_continue(corpus: Path, tmp_path: Path) -> None:
     assert again.returncode == 1
     assert again.stderr.startswith("error: ") and "--overwrite" in again.stderr
     assert len(again.stderr.splitlines()) == 1, again.stderr
+
+
+def test_continue_inherits_its_run(corpus: Path, tmp_path: Path) -> None:
+    """Without settings, `continue` goes on with its run's corpus, batch size, seed and
+    recording mode: from checkpoint-2 of a 3-step run it trains step 3 on the same batch as
+    the run did, bit-exact. A flag overrides; the command says where each setting came from."""
+    wb1, wb3, wb3b = tmp_path / "wb1", tmp_path / "wb3", tmp_path / "wb3b"
+    done = wordybird_cli(
+        "train", "--corpus", corpus, "--steps", "3", "--checkpoint-every", "2",
+        "--batch-size", "2", "--seed", "7", "--mode", "compact", "--out", wb1, *TINY,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    done = wordybird_cli(
+        "continue", wb1 / "checkpoint-2", "--steps", "1", "--schedule", "continue", "--out", wb3
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| 2/3 [" in done.stderr and "| 0/3 [" not in done.stderr  # the bar starts at 2
+    assert done.stdout.splitlines()[:4] == [
+        f"corpus: {corpus.resolve()} (from the checkpoint's run)",
+        "batch size: 2 (from the checkpoint's run)",
+        "seed: 7 (from the checkpoint's run)",
+        "recording mode: compact (from the checkpoint's run)",
+    ]
+    with (
+        wordybird.open(wb3 / "recording.zarr") as got,
+        wordybird.open(wb1 / "recording.zarr") as want,
+    ):
+        assert got.mode == "compact"
+        assert got.metadata["corpus"]["sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+        assert got.steps.tolist() == [2, 3] and want.steps.tolist() == [0, 1, 2, 3]
+        for name in want.fields:
+            assert same_bits(got[name][1], want[name][3]), name
+
+    done = wordybird_cli("continue", wb1 / "checkpoint-2", "--steps", "1", "--batch-size", "3",
+                         "--out", wb3b)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "batch size: 3 (from --batch-size)" in done.stdout.splitlines()
+    assert "seed: 7 (from the checkpoint's run)" in done.stdout.splitlines()
+    assert json.loads((wb3b / "run.json").read_text())["config"]["batch_size"] == 3
+    with (
+        wordybird.open(wb3b / "recording.zarr") as got,
+        wordybird.open(wb1 / "recording.zarr") as want,
+    ):
+        assert got.metadata["hyperparameters"]["batch_size"] == 3
+        assert not same_bits(got["grads"][1], want["grads"][3])  # a batch of 3, not of 2
 
 
 def test_masks_command(corpus: Path, tmp_path: Path) -> None:

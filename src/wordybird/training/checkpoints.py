@@ -5,6 +5,10 @@ whose optimizer and scheduler state make the Trainer's resume start exactly as p
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,27 @@ from wordybird.training.schedules import WordybirdTrainer
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
+MODEL_CONFIG_FILE = "config.json"
+
+
+def checkpoint_folder(path: Path) -> Path:
+    """``path``, refused unless it is a folder."""
+    if not path.is_dir():
+        raise WordybirdError(f"checkpoint {path} does not exist or is not a folder")
+    return path
+
+
+def is_weights_only(folder: Path) -> bool:
+    """Whether ``folder`` holds a model as ``save_pretrained`` writes it, and no training
+    state: what the notebook's ``from_pretrained`` loaded."""
+    return (folder / MODEL_CONFIG_FILE).is_file() and not any(
+        (folder / name).exists() for name in (TRAINER_STATE_FILE, OPTIMIZER_FILE)
+    )
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step of a ``checkpoint-N`` folder."""
+    return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
 
 
 def list_checkpoints(out: Path) -> dict[int, Path]:
@@ -38,11 +63,11 @@ def load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
     another model's checkpoint (a Llama's) would silently "continue" as a fresh GPT-2. A
     folder without ``config.json`` would be looked up on the Hub as a model name instead.
     """
-    if not (checkpoint / "config.json").is_file():
-        raise WordybirdError(f"{checkpoint} holds no model (config.json is missing)")
+    if not (checkpoint / MODEL_CONFIG_FILE).is_file():
+        raise WordybirdError(f"{checkpoint} holds no model ({MODEL_CONFIG_FILE} is missing)")
     try:
         model, info = GPT2LMHeadModel.from_pretrained(
-            str(checkpoint), dtype=torch.bfloat16, output_loading_info=True
+            str(checkpoint), dtype=torch.bfloat16, output_loading_info=True, local_files_only=True
         )
     except (OSError, ValueError) as exc:
         raise WordybirdError(f"cannot load the model in {checkpoint}: {exc}") from exc
@@ -58,6 +83,12 @@ def load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
 def model_config_of(model: GPT2LMHeadModel) -> ModelConfig:
     cfg = model.config
     return ModelConfig(cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_positions)
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The run's newest checkpoint that the Trainer finished writing, if any."""
+    complete = {step: path for step, path in list_checkpoints(out).items() if is_complete(path)}
+    return complete[max(complete)] if complete else None
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -90,20 +121,32 @@ def torch_load(path: Path) -> Any:
         raise WordybirdError(f"cannot read {path}: {exc}") from exc
 
 
-def stage_checkpoint(
-    source: Path, staging: Path, trainer: WordybirdTrainer, plan: RunPlan, *, fresh: bool
-) -> None:
-    """A checkpoint folder that makes the Trainer's resume start exactly as planned.
+@contextmanager
+def staged_checkpoint(
+    source: Path, out: Path, trainer: WordybirdTrainer, plan: RunPlan
+) -> Iterator[Path]:
+    """A checkpoint folder in ``out`` that makes the Trainer's resume start exactly as
+    planned; removed when the block ends.
 
     Weights, RNG and trainer state are the source's (linked); ``optimizer.pt`` is the
-    source's Adam state or a fresh optimizer's, with the learning rate the plan's schedule
-    gives at the starting step; ``scheduler.pt`` is the plan's schedule at that step.
+    source's Adam state or, with ``plan.fresh_optimizer``, a fresh optimizer's, with the
+    learning rate the plan's schedule gives at the starting step; ``scheduler.pt`` is the
+    plan's schedule at that step.
     """
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        _stage(source, staging, trainer, plan)
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage(source: Path, staging: Path, trainer: WordybirdTrainer, plan: RunPlan) -> None:
     for item in source.iterdir():
         if item.name not in (OPTIMIZER_FILE, SCHEDULER_FILE) and item.is_file():
             (staging / item.name).symlink_to(item.resolve())
     optimizer = trainer.create_optimizer()
-    if fresh:
+    if plan.fresh_optimizer:
         state = optimizer.state_dict()
     else:
         state = torch_load(source / OPTIMIZER_FILE)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from wordybird.errors import WordybirdError
 
@@ -80,7 +81,7 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _config(options: dict[str, Any], learning_rate: float = 1e-3):
-    from wordybird.training.experiments import TrainConfig
+    from wordybird.training.config import TrainConfig
     from wordybird.training.model import ModelConfig
 
     return TrainConfig(
@@ -150,22 +151,45 @@ def train(out: Path, lr: float, resume: bool, **options: Any) -> None:
     is_flag=True,
     help="Start Adam from zero instead of the checkpoint's state (as the notebook did).",
 )
+@click.pass_context
 def continue_(
-    checkpoint: Path, out: Path, schedule: str, fresh_optimizer: bool, **options: Any
+    ctx: click.Context,
+    checkpoint: Path,
+    out: Path,
+    schedule: str,
+    fresh_optimizer: bool,
+    **options: Any,
 ) -> None:
-    """Continue training from CHECKPOINT (default: WB3, 100 more steps)."""
+    """Continue training from CHECKPOINT (default: WB3, 100 more steps).
+
+    The corpus, batch size, seed and recording mode are those of the checkpoint's run
+    (the run.json beside the checkpoint) unless given; the command says where each came from.
+    """
     from wordybird.training import experiments
+    from wordybird.training.continuing import INHERITED, inherit_settings
 
     _quiet_libraries()
+    given = [n for n in INHERITED if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
+    config, sources = inherit_settings(checkpoint, _config(options), given)
+    for name, source in sources.items():
+        click.echo(_setting_line(name, getattr(config, name), source))
     result = experiments.continue_training(
         checkpoint,
         out,
-        _config(options),
+        config,
         schedule=schedule,
         fresh_optimizer=fresh_optimizer,
         overwrite=options["overwrite"],
     )
     click.echo(experiments.format_summary(result))
+
+
+def _setting_line(name: str, value: object, source: str) -> str:
+    """``batch size: 2 (from the checkpoint's run)``, ``seed: 7 (from --seed)``, …"""
+    label = {"batch_size": "batch size", "mode": "recording mode"}.get(name, name)
+    shown = "the Python stdlib's documentation" if value is None else value
+    origin = {"run": "from the checkpoint's run", "given": f"from --{name.replace('_', '-')}"}
+    return f"{label}: {shown} ({origin.get(source, 'default')})"
 
 
 @click.command()
@@ -181,9 +205,11 @@ def continue_(
 def masks(corpus: Path | None, out: Path) -> None:
     """Write the token masks: a token is "trained" when it occurs in the corpus."""
     from wordybird.training.data import load_corpus, save_token_masks, token_masks, tokenize
+    from wordybird.training.offline import offline
 
     text = load_corpus(corpus)
-    result = token_masks(tokenize(text))
+    with offline():
+        result = token_masks(tokenize(text))
     save_token_masks(result, out)
     n = int(result["trained_mask"].sum())
     total = len(result["trained_mask"])

