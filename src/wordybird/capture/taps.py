@@ -28,7 +28,7 @@ whose optimizer holds no state yet cannot record its initial step by name.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -110,35 +110,48 @@ class Taps:
         self._lrs: dict[str, float] = {}
         self._state_keys: dict[str, dict[str, str]] | None = None  # name -> field -> key
         self._narrowed: set[str] = set()  # the fields store_dtype converts
-        self._handles: list[Any] = []
         for name, param in self.params.items():
             index = self.rows.get(name)
             shape = param.shape if index is None else (len(index), *param.shape[1:])
             # one buffer for the whole run: copy_ into it, never allocate per step
             self._grads[name] = torch.zeros(shape, dtype=param.dtype, device=param.device)
-        by_id = {id(p): name for name, p in self.params.items()}
-        seen: set[int] = set()
-        for p in model.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                hook = self._grad_hook(by_id.get(id(p)))
-                self._handles.append(p.register_post_accumulate_grad_hook(hook))
+        # every trainable parameter once (tied ones are one): the global norm is over them
+        self._trainable = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+        self._collect_queued = False
+        self._handles = [
+            p.register_post_accumulate_grad_hook(self._grad_hook) for p in self._trainable
+        ]
 
-    def _grad_hook(self, name: str | None) -> Any:
-        def hook(param: torch.Tensor) -> None:
-            grad = param.grad.detach()
-            self._grad_sq_norms[id(param)] = torch.linalg.vector_norm(
-                grad, dtype=torch.float32
-            ).square()
-            if name is not None:
-                index = self.rows.get(name)
-                if index is None:
-                    self._grads[name].copy_(grad)
-                else:
-                    torch.index_select(grad, 0, index.to(grad.device), out=self._grads[name])
-                self._grad_seen.add(name)
+    def _grad_hook(self, param: torch.Tensor) -> None:
+        """At a backward's first gradient, arrange for :meth:`_collect` to run at its end,
+        after every callback queued meanwhile. Under DistributedDataParallel the gradients
+        are averaged across processes by such a callback, so the ones collected are the
+        averaged gradients the optimizer is given (before any clipping, which comes after
+        backward)."""
+        if not self._collect_queued:
+            self._collect_queued = True
+            _queue_at_backward_end(lambda: _queue_at_backward_end(self._collect))
 
-        return hook
+    def _collect(self) -> None:
+        """Copy the recorded parameters' gradients and note every gradient's norm. With
+        accumulation, the last backward's collection holds the sum of the micro-batches."""
+        self._collect_queued = False
+        grads = {id(p): p.grad for p in self._trainable if p.grad is not None}
+        self._grad_sq_norms = {
+            key: torch.linalg.vector_norm(g.detach(), dtype=torch.float32).square()
+            for key, g in grads.items()
+        }
+        for name, param in self.params.items():
+            grad = grads.get(id(param))
+            if grad is None:
+                continue
+            grad = grad.detach()
+            index = self.rows.get(name)
+            if index is None:
+                self._grads[name].copy_(grad)
+            else:
+                torch.index_select(grad, 0, index.to(grad.device), out=self._grads[name])
+            self._grad_seen.add(name)
 
     def remove(self) -> None:
         """Detach every hook from the model."""
@@ -288,3 +301,9 @@ class Taps:
         if index is not None and value.shape == param.shape:
             value = value.index_select(0, index.to(value.device))
         return value
+
+
+def _queue_at_backward_end(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the running backward pass ends (autograd's final callbacks,
+    run in the order queued; one queued by another runs after all queued before it)."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -48,7 +49,10 @@ class RecorderCallback(TrainerCallback):
     ``wordybird.capture.taps``).
 
     Args:
-        recorder: where steps go; the callback closes it when training ends.
+        recorder: where steps go; the callback closes it when training ends. In a
+            multi-process run (torchrun, accelerate launch) only the main process records:
+            give it the recorder and ``None`` to the others, whose callbacks add no hook but
+            the loss's (the gradients collected are already averaged across processes).
         parameters: names or glob patterns of ``model.named_parameters()``, or a predicate
             on (name, parameter); ``None``: the notebook's input embedding.
         rows: record only these rows (indices or a boolean mask) of every chosen parameter,
@@ -63,7 +67,7 @@ class RecorderCallback(TrainerCallback):
 
     def __init__(
         self,
-        recorder: StreamingRecorder,
+        recorder: StreamingRecorder | None,
         *,
         parameters: ParameterChoice | Iterable[ParameterChoice] | None = None,
         rows: Rows | Mapping[str, Rows] | None = None,
@@ -88,8 +92,11 @@ class RecorderCallback(TrainerCallback):
         self._vocab = 0
         self._loss_sum: torch.Tensor | None = None
         self._forwards = 0
+        self._loss_shares = False  # the model's losses are shares of the step's mean
+        self._tokens_across_processes = False  # ... of the whole global batch's
         self._logits: torch.Tensor | None = None
         self._first = True
+        self._writes = True  # this process records (the main one of a multi-process run)
         self._handles: list[Any] = []
 
     # -- hooks ----------------------------------------------------------------------------
@@ -108,11 +115,16 @@ class RecorderCallback(TrainerCallback):
             loss = loss.detach().float()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._forwards += 1
+            if kwargs.get("num_items_in_batch") is not None:
+                self._loss_shares = True
         if logits is not None:
             self._logits = logits.detach()[0, -1].to(torch.bfloat16, copy=True)
 
     def _install(self, model: nn.Module) -> None:
         model = unwrap(model)
+        self._handles.append(model.register_forward_hook(self._on_forward, with_kwargs=True))
+        if not self._writes:
+            return  # the main process records; here only the loss is needed (see _step_loss)
         if self.parameters is None:
             params = {"input embedding": model.get_input_embeddings().weight}
         else:
@@ -127,7 +139,6 @@ class RecorderCallback(TrainerCallback):
         config = getattr(model, "config", None)
         first = next(iter(params.values()))
         self._vocab = int(getattr(config, "vocab_size", 0) or first.shape[0])
-        self._handles.append(model.register_forward_hook(self._on_forward, with_kwargs=True))
 
     def remove_hooks(self) -> None:
         """Detach every hook from the model (also done at train end)."""
@@ -150,13 +161,28 @@ class RecorderCallback(TrainerCallback):
                     f"step {step}: the model's forward returned no loss/logits to record"
                 )
             logits = self._logits
-            loss = (self._loss_sum / self._forwards).to(torch.bfloat16)
+            loss = self._step_loss().to(torch.bfloat16)
         if self._first and self.parameters is not None:
             self.recorder.update_metadata(
                 {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
             )
         self._first = False
         self.recorder.record(step, {**params, "logits": logits, "losses": loss, **whole})
+
+    def _step_loss(self) -> torch.Tensor:
+        """The step's loss: the mean over its micro-batches, and in a multi-process run over
+        every process's (equal) share of the global batch, as one process's run with the
+        same global batch would compute it. Every process takes part in the all-reduce."""
+        if self._loss_sum is None:
+            raise WordybirdError("the model's forward returned no loss to record")
+        # Given the step's token count (a Trainer passes it to models that take loss kwargs),
+        # each micro-batch's loss is its share of the step's mean: the shares add up.
+        loss = self._loss_sum if self._loss_shares else self._loss_sum / self._forwards
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+            if not (self._loss_shares and self._tokens_across_processes):
+                loss = loss / dist.get_world_size()  # a mean per process: their mean
+        return loss
 
     def records(self, step: int) -> bool:
         """Whether ``step`` is one this callback records."""
@@ -175,18 +201,31 @@ class RecorderCallback(TrainerCallback):
     ) -> None:
         if model is None:
             raise WordybirdError("RecorderCallback needs the Trainer to pass the model")
+        self._writes = state.is_world_process_zero
+        self._tokens_across_processes = bool(getattr(args, "average_tokens_across_devices", False))
+        if self._writes and self.recorder is None:
+            raise WordybirdError("RecorderCallback(None) on the main process: nothing records")
+        if not self._writes and self.recorder is not None:
+            raise WordybirdError(
+                f"process {args.process_index} of {args.world_size} was given a recorder: "
+                "create it on the main process only and pass None elsewhere (one store, one "
+                "writer)"
+            )
         self._install(model)
-        if self.record_initial and self._taps.can_record_initial(optimizer):
+        if self._writes and self.record_initial and self._taps.can_record_initial(optimizer):
             self._record(state.global_step, optimizer, initial=True)
 
     def on_step_begin(self, args, state, control, **kwargs: Any) -> None:
-        self._taps.begin_step()
+        if self._taps is not None:
+            self._taps.begin_step()
         self._loss_sum = self._logits = None
         self._forwards = 0
+        self._loss_shares = False
 
     def on_pre_optimizer_step(self, args, state, control, optimizer: Any = None, **kwargs):
         # the LR this step uses; the scheduler moves it right after optimizer.step()
-        self._taps.note_learning_rates(optimizer)
+        if self._taps is not None:
+            self._taps.note_learning_rates(optimizer)
 
     def on_step_end(
         self,
@@ -197,8 +236,11 @@ class RecorderCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         if self.records(state.global_step):
-            self._record(state.global_step, optimizer, initial=False)
-        if control.should_save or control.should_training_stop:
+            if self._writes:
+                self._record(state.global_step, optimizer, initial=False)
+            else:
+                self._step_loss()  # the main process's all-reduce of the loss needs ours
+        if self.recorder is not None and (control.should_save or control.should_training_stop):
             # a checkpoint must never be ahead of the recording it will resume
             self.recorder.flush()
 
@@ -208,4 +250,5 @@ class RecorderCallback(TrainerCallback):
     def close(self) -> None:
         """Remove the hooks and close the recorder (writes every queued step)."""
         self.remove_hooks()
-        self.recorder.close()
+        if self.recorder is not None:
+            self.recorder.close()
