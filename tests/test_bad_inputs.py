@@ -251,6 +251,37 @@ CLI_REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
         ("continue", "{w}/wb1/checkpoint-2", *CORPUS_ARG, "--out", "{w}/wb1", "--overwrite"),
         "--overwrite would delete the run in",
     ),
+    "local-dir-with-a-local-out": (
+        ("train", *CORPUS_ARG, "--out", "{w}/run", "--local-dir", "{w}/elsewhere"),
+        "--local-dir is for an s3:// --out; the local --out {w}/run is the run folder itself",
+    ),
+    "storage-option-with-a-local-out": (
+        ("train", *CORPUS_ARG, "--out", "{w}/run", "--storage-option", "region=eu-west-1"),
+        "storage options (region) apply to s3:// URLs, not to {w}/run",
+    ),
+    "out-not-s3": (
+        ("train", *CORPUS_ARG, "--out", "gs://bucket/run"),
+        "gs://bucket/run: only local paths and s3://bucket/prefix URLs are supported",
+    ),
+    "out-url-unnameable": (
+        ("train", *CORPUS_ARG, "--out", "s3://bucket/runs/../wb1"),
+        "cannot name a local run folder after s3://bucket/runs/../wb1: give --local-dir",
+    ),
+    "resume-url-without-its-run": (
+        ("train", "--resume", "--out", "s3://bucket/wb1", "--local-dir", "{w}/empty"),
+        "cannot resume s3://bucket/wb1: its run folder {w}/empty holds no run (run.json is "
+        "missing); give the folder holding its checkpoints as --local-dir",
+    ),
+    "resume-url-of-another-run": (
+        ("train", "--resume", "--out", "s3://bucket/wb1", "--local-dir", "{w}/wb1"),
+        "cannot resume s3://bucket/wb1: the run in {w}/wb1 records to its own folder "
+        "({w}/wb1/recording.zarr)",
+    ),
+    "continue-from-a-url": (
+        ("continue", "s3://bucket/wb1/checkpoint-2", *CONTINUE),
+        "cannot continue from s3://bucket/wb1/checkpoint-2: a checkpoint must be a local "
+        "folder (the Trainer reads it from disk)",
+    ),
     "masks-out-a-folder": (
         ("masks", *CORPUS_ARG, "--out", "{w}/empty"),
         "Is a directory",
@@ -272,7 +303,7 @@ def test_cli_refusal(world: Path, case: str) -> None:
     """The command exits 1 with one ``error:`` line and changes no file of the world."""
     args, message = CLI_REFUSALS[case]
     before = snapshot(world)
-    assert_one_error_line(run_cli(*world_args(args, world)), message)
+    assert_one_error_line(run_cli(*world_args(args, world)), message.replace("{w}", str(world)))
     assert snapshot(world) == before
 
 

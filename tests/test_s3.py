@@ -1,10 +1,13 @@
 """Recordings in S3-compatible object storage, against a real S3 server on 127.0.0.1 (moto
-in server mode, started here): the same commit protocol, kills, readers, CLI as on disk."""
+in server mode, started here): the same commit protocol, kills, readers, CLI as on disk;
+and `wordybird train --out s3://…` with `analyze` finding the run's masks in the bucket."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -17,8 +20,12 @@ import torch
 
 import test_recorder_faults as faults
 import wordybird
+from test_analysis import V, wb1_and_wb3
 from test_recorder import same_bits
+from test_training_cli import TINY, wordybird_cli, write_corpus
 from wordybird import StreamingRecorder, WordybirdError
+from wordybird.analysis.hops import analyze
+from wordybird.analysis.masks import MASKS_FILENAME, load_masks
 from wordybird.recorder import storage
 
 moto_server = pytest.importorskip("moto.server")
@@ -266,3 +273,203 @@ def test_a_dask_cluster_reads_an_s3_recording_with_its_storage_options(
         got = values.sum(dim=list(values.dims[1:])).compute()
     assert got["step"].values.tolist() == list(range(20))
     assert abs(got.values - expected).max() <= 1e-12 * abs(expected).max()
+
+
+# -- wordybird train --out s3://… ------------------------------------------------------------
+
+RUN = ["--steps", "3", "--batch-size", "2", "--checkpoint-every", "2", *TINY]
+SMALL_FILES = ("run.json", "token_masks.safetensors", "summary.json")
+
+
+def read_object(endpoint: str, bucket: str, key: str) -> bytes:
+    return (
+        boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+    )
+
+
+def upload_folder(endpoint: str, bucket: str, folder: Path, prefix: str) -> None:
+    """Copy a local folder into the bucket, file by file (a recording, its masks)."""
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def assert_same_recordings(got: str | Path, want: str | Path, steps: list[int]) -> None:
+    with wordybird.open(got) as a, wordybird.open(want) as b:
+        assert a.steps.tolist() == b.steps.tolist() == steps
+        assert a.fields == b.fields
+        for name in b.fields:
+            assert same_bits(a[name][0 : len(steps)], b[name][0 : len(steps)]), name
+
+
+def test_train_and_continue_to_s3_equal_local_runs_and_write_no_secret(
+    bucket: str,
+    endpoint: str,
+    tmp_path: Path,
+) -> None:
+    """`train --out s3://…`: the recording streams to <URL>/recording.zarr and equals a
+    local run's bit for bit; the checkpoints go to the default local folder (said first);
+    run.json, the masks and the summary are copied beside the recording. `continue` from
+    its checkpoint to another URL. The storage options given (a secret key among them)
+    are written nowhere, neither on disk nor in the bucket."""
+    corpus = write_corpus(tmp_path / "toy.txt")
+    url = f"s3://{bucket}/runs/wb1"
+    secret = "wb-secret-4f1c9e"
+    options = [
+        *("--storage-option", f"endpoint={endpoint}"),
+        *("--storage-option", "access_key_id=testing"),
+        *("--storage-option", f"secret_access_key={secret}"),
+    ]
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # the options must win
+    work = tmp_path / "work"
+    work.mkdir()
+    done = wordybird_cli(
+        "train", "--corpus", corpus, *RUN, "--out", url, *options, cwd=work, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    local = work / "s3" / bucket / "runs" / "wb1"
+    assert done.stdout.splitlines()[0] == (
+        f"local run folder: s3/{bucket}/runs/wb1 (checkpoints, run.json, token masks, "
+        "summary; --local-dir to choose)"
+    )
+    assert f"Recording: {url}/recording.zarr (4 steps" in done.stdout
+    assert sorted(p.name for p in local.iterdir()) == sorted(
+        ["checkpoint-2", "checkpoint-3", *SMALL_FILES]
+    )
+    stored = keys(endpoint, bucket)
+    assert "runs/wb1/recording.zarr/zarr.json" in stored
+    beside = {k for k in stored if not k.startswith("runs/wb1/recording.zarr/")}
+    assert beside == {f"runs/wb1/{name}" for name in SMALL_FILES}
+    for name in SMALL_FILES:
+        assert read_object(endpoint, bucket, f"runs/wb1/{name}") == (local / name).read_bytes()
+    plan = json.loads((local / "run.json").read_text())
+    assert plan["remote"] == url
+    summary = json.loads((local / "summary.json").read_text())
+    assert summary["recording"] == f"{url}/recording.zarr"
+    assert summary["checkpoint"] == str(Path("s3", bucket, "runs", "wb1", "checkpoint-3"))
+
+    reference = tmp_path / "reference"
+    done = wordybird_cli("train", "--corpus", corpus, *RUN, "--out", reference)
+    assert done.returncode == 0, done.stderr
+    assert_same_recordings(f"{url}/recording.zarr", reference / "recording.zarr", [0, 1, 2, 3])
+
+    # continue from the S3 run's checkpoint (its settings from the run.json beside it) to
+    # another URL: step 3 again, on the same batch, bit for bit
+    wb3 = f"s3://{bucket}/runs/wb3"
+    done = wordybird_cli(
+        "continue", local / "checkpoint-2", "--steps", "1", "--schedule", "continue",
+        "--out", wb3, "--local-dir", tmp_path / "wb3", *options, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"local run folder: {tmp_path / 'wb3'} (" in done.stdout
+    with (
+        wordybird.open(f"{wb3}/recording.zarr") as got,
+        wordybird.open(reference / "recording.zarr") as want,
+    ):
+        assert got.steps.tolist() == [2, 3]
+        for name in want.fields:
+            assert same_bits(got[name][1], want[name][3]), name
+    assert f"runs/wb3/{MASKS_FILENAME}" in keys(endpoint, bucket, "runs/wb3/")
+
+    for path in tmp_path.rglob("*"):  # the secret key: in no file, in no object
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+    for key in keys(endpoint, bucket):
+        assert secret.encode() not in read_object(endpoint, bucket, key), key
+
+
+def test_resume_on_s3_cuts_the_recording_back_to_the_checkpoint(
+    bucket: str,
+    endpoint: str,
+    tmp_path: Path,
+) -> None:
+    """A run whose last checkpoint is lost (killed before writing it) resumes from the one
+    before, by its URL or by its local folder: the recording in the bucket is cut back to
+    that checkpoint and goes on, bit for bit as the uninterrupted run."""
+    corpus = write_corpus(tmp_path / "toy.txt")
+    url, local = f"s3://{bucket}/wb1", tmp_path / "work"
+    run = ["--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", *TINY]
+    done = wordybird_cli("train", "--corpus", corpus, *run, "--out", url, "--local-dir", local)
+    assert done.returncode == 0, done.stderr
+    reference = tmp_path / "reference.zarr"  # the uninterrupted recording, kept aside
+    for key in keys(endpoint, bucket, "wb1/recording.zarr/"):
+        target = reference / key.removeprefix("wb1/recording.zarr/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_object(endpoint, bucket, key))
+
+    for how in (["--out", url, "--local-dir", local], ["--out", local]):
+        shutil.rmtree(local / "checkpoint-4")  # the recording in the bucket still has step 4
+        done = wordybird_cli("train", "--resume", *how)
+        assert done.returncode == 0, (how, done.stderr)
+        assert "Training complete: steps 3-4" in done.stdout, done.stdout
+        assert_same_recordings(f"{url}/recording.zarr", reference, [0, 1, 2, 3, 4])
+        assert (local / "checkpoint-4").is_dir()
+
+    other = wordybird_cli(
+        "train", "--resume", "--out", f"s3://{bucket}/other", "--local-dir", local
+    )
+    assert other.returncode == 1
+    assert other.stderr.strip() == (
+        f"error: cannot resume s3://{bucket}/other: the run in {local} records to {url}"
+    )
+
+
+def test_train_to_s3_refuses_to_clobber_and_says_when_the_bucket_is_unreachable(
+    bucket: str, endpoint: str, tmp_path: Path
+) -> None:
+    """Refused before anything is written, locally or in the bucket: an --out URL holding a
+    run (without --overwrite), something other than a recording where the recording would
+    go (even with --overwrite), a bucket that cannot be reached."""
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.put_object(Bucket=bucket, Key="wb1/run.json", Body=b"{}")
+    s3.put_object(Bucket=bucket, Key="wb2/recording.zarr/notes.txt", Body=b"not a recording")
+    before = {key: read_object(endpoint, bucket, key) for key in keys(endpoint, bucket)}
+    corpus = write_corpus(tmp_path / "toy.txt")
+    cases = {
+        ("--out", f"s3://{bucket}/wb1"): f"error: s3://{bucket}/wb1 already holds a run; pass "
+        "--overwrite to replace it or --resume to continue it",
+        ("--out", f"s3://{bucket}/wb2", "--overwrite"): f"error: refusing to overwrite "
+        f"s3://{bucket}/wb2/recording.zarr: it is not a wordybird recording (delete it "
+        "yourself if it should go)",
+        ("--out", f"s3://{bucket}/wb3", "--storage-option", "endpoint=http://127.0.0.1:9"): (
+            f"error: cannot reach s3://{bucket}/wb3/run.json: "
+        ),
+    }
+    for args, message in cases.items():
+        done = wordybird_cli("train", "--corpus", corpus, *TINY, *args, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
+    assert {key: read_object(endpoint, bucket, key) for key in keys(endpoint, bucket)} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["toy.txt"]  # no run folder
+
+
+def test_analyze_finds_the_masks_beside_an_s3_recording(
+    bucket: str, endpoint: str, tmp_path: Path
+) -> None:
+    """As beside a local recording: token_masks.safetensors next to the recording in the
+    bucket (where train puts it), and for a --compare recording without masks beside it,
+    the main one's. Without masks anywhere, the one refusal names where it looked."""
+    wb1, wb3 = wb1_and_wb3(tmp_path)
+    (wb3.parent / MASKS_FILENAME).unlink()
+    upload_folder(endpoint, bucket, wb1.parent, "runs/wb1")
+    upload_folder(endpoint, bucket, wb3.parent, "runs/wb3")
+    url, url3 = f"s3://{bucket}/runs/wb1/recording.zarr", f"s3://{bucket}/runs/wb3/recording.zarr"
+    out = tmp_path / "analysis"
+    done = wordybird_cli("analyze", url, "--compare", url3, "--out", out)
+    assert done.returncode == 0, done.stderr
+    written = json.loads((out / "analysis.json").read_text())
+    masks_url = f"s3://{bucket}/runs/wb1/{MASKS_FILENAME}"
+    with wordybird.open(wb1) as rec:
+        expected = analyze(rec, load_masks(wb1.parent / MASKS_FILENAME, V))
+    assert written["summary"]["masks"] == masks_url
+    assert written["summary"]["freeze_step"] == expected.summary["freeze_step"]
+    assert [c["summary"]["masks"] for c in written["compare"]] == [masks_url]
+
+    missing = wordybird_cli("analyze", url3, "--out", tmp_path / "a3")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(
+        f"error: token masks s3://{bucket}/runs/wb3/{MASKS_FILENAME} not found; pass --masks"
+    ), missing.stderr
+    assert len(missing.stderr.splitlines()) == 1
+    given = wordybird_cli("analyze", url3, "--masks", masks_url, "--out", tmp_path / "a3")
+    assert given.returncode == 0, given.stderr

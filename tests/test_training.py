@@ -448,7 +448,7 @@ def test_train_cli_passes_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from wordybird.training.cli import train as train_command
 
     configs: list[TrainConfig] = []
-    monkeypatch.setattr(experiments, "train", lambda c, out, overwrite: configs.append(c))
+    monkeypatch.setattr(experiments, "train", lambda c, out, **places: configs.append(c))
     monkeypatch.setattr(experiments, "format_summary", lambda result: "")
     for args in (["--durable"], []):
         done = CliRunner().invoke(train_command, ["--out", str(tmp_path), *args])

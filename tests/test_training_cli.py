@@ -173,7 +173,8 @@ def test_ctrl_c_keeps_steps_and_writes_a_checkpoint(corpus: Path, tmp_path: Path
             os.kill(process.pid, signal.SIGKILL)
     assert process.returncode == 1, stderr
     message = stderr.strip().splitlines()[-1]
-    assert message.startswith("error: interrupted after step ") and "--resume" in message
+    assert message.startswith("error: interrupted after step ")
+    assert message.endswith(f"continue with `wordybird train --resume --out {out}`")
     step = int(message.split("interrupted after step ")[1].split(":")[0])
     assert (out / f"checkpoint-{step}" / "optimizer.pt").is_file()
     with wordybird.open(out / "recording.zarr") as rec:

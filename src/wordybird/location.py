@@ -55,6 +55,21 @@ class Location:
     def __str__(self) -> str:
         return self.text
 
+    def child(self, name: str) -> Location:
+        """``name`` inside this place: a file in the folder, a key below the prefix."""
+        if self.local is not None:
+            return Location(os.path.join(self.text, name), self.local / name)
+        return Location(f"{self.text}/{name}", None, self.options)
+
+    def beside(self, name: str) -> Location:
+        """``name`` next to this place: in the folder, or below the prefix, that holds it."""
+        if self.local is not None:
+            return Location(str(self.local.parent / name), self.local.parent / name)
+        head, sep, _ = self.text.removeprefix("s3://").rpartition("/")
+        if not sep:
+            raise WordybirdError(f"{self} is a bucket's root: nothing lies beside it")
+        return Location(f"s3://{head}/{name}", None, self.options)
+
     def store(self, *, read_only: bool, durable: bool = False) -> Store:
         """The zarr store of the recording, with fault points on every write."""
         from wordybird.recorder.storage import LocalStore, S3Store

@@ -9,7 +9,7 @@ import click
 import wordybird
 from wordybird.analysis import hops
 from wordybird.analysis.hops import DEFAULT_THRESHOLD, Analysis
-from wordybird.analysis.masks import default_masks_path, load_masks
+from wordybird.analysis.masks import default_masks_path, load_masks, masks_exist
 from wordybird.analysis.plots import write_plots
 from wordybird.analysis.report import format_report, write_outputs
 from wordybird.analysis.run_inputs import embeddings_shape
@@ -20,24 +20,22 @@ from wordybird.location import is_url
 
 def _analyze_path(
     path: Path | str,
-    masks_path: Path | None,
+    masks_path: Path | str | None,
     threshold: float,
     storage_options: dict[str, str],
     *,
-    fallback_masks: Path | None = None,
+    fallback_masks: Path | str | None = None,
 ) -> Analysis:
-    """Open one recording, find its masks and analyse it."""
-    with wordybird.open(path, storage_options=storage_options or None) as recording:
-        if masks_path is None and is_url(path):
-            if fallback_masks is None:
-                raise WordybirdError(f"{path} is in object storage: give its masks with --masks")
-            masks_path = fallback_masks
-        elif masks_path is None:
+    """Open one recording, find its masks (given, beside it, else ``fallback_masks``) and
+    analyse it."""
+    options = storage_options or None
+    with wordybird.open(path, storage_options=options) as recording:
+        if masks_path is None:
             masks_path = default_masks_path(path)
-            if not masks_path.is_file() and fallback_masks is not None:
+            if fallback_masks is not None and not masks_exist(masks_path, options):
                 masks_path = fallback_masks
         vocab_size, _ = embeddings_shape(recording)
-        masks = load_masks(masks_path, vocab_size)
+        masks = load_masks(masks_path, vocab_size, options if is_url(masks_path) else None)
         return hops.analyze(recording, masks, threshold=threshold, progress=True)
 
 
@@ -45,9 +43,10 @@ def _analyze_path(
 @click.argument("recording", type=PathOrURL())
 @click.option(
     "--masks",
-    type=click.Path(path_type=Path),
-    help="Token masks (safetensors with trained_mask/untrained_mask). "
-    "Default: token_masks.safetensors beside the recording (give it for an s3:// one).",
+    type=PathOrURL(),
+    help="Token masks (safetensors with trained_mask/untrained_mask; a file or an s3:// "
+    "URL). Default: token_masks.safetensors beside the recording (in the bucket for an "
+    "s3:// one, where `wordybird train` puts it).",
 )
 @click.option(
     "--out",
@@ -72,7 +71,7 @@ def _analyze_path(
 @storage_options
 def analyze(
     recording: Path | str,
-    masks: Path | None,
+    masks: Path | str | None,
     out: Path | None,
     compare: tuple[Path | str, ...],
     threshold: float,
@@ -87,9 +86,7 @@ def analyze(
         raise WordybirdError(f"{recording} is in object storage: give a local --out folder")
     main = _analyze_path(recording, masks, threshold, storage_options)
     others = [
-        _analyze_path(
-            other, None, threshold, storage_options, fallback_masks=Path(main.summary["masks"])
-        )
+        _analyze_path(other, None, threshold, storage_options, fallback_masks=main.summary["masks"])
         for other in compare
     ]
     out_dir = out if out is not None else recording.parent / "analysis"

@@ -22,14 +22,18 @@ from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zarr.storage
 from zarr.abc.store import ByteRequest, Store
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
 from wordybird.errors import WordybirdError
+
+if TYPE_CHECKING:
+    from wordybird.location import Location
 
 #: obstore's client options (its ClientConfig); every other storage option is S3 config.
 _CLIENT_OPTIONS = frozenset(
@@ -207,3 +211,69 @@ async def any_key(disk: Store, prefix: str) -> bool:
     async for _ in disk.list_prefix(prefix):
         return True
     return False
+
+
+# -- single objects beside a recording (a run's run.json, token masks, summary) ----------------
+
+
+def _object(location: Location, *, read_only: bool) -> tuple[S3Store, str]:
+    """The bucket's store and the object's key, for an ``s3://bucket/key`` location."""
+    if location.local is not None:
+        raise ValueError(f"{location} is not in object storage")
+    bucket, _, key = location.text.removeprefix("s3://").partition("/")
+    return S3Store.at(f"s3://{bucket}", location.options, read_only=read_only), key
+
+
+@contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    """obstore's errors (no server, no credentials, no such bucket) as one line."""
+    try:
+        yield
+    except WordybirdError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip()
+        raise WordybirdError(f"{what}: {text.splitlines()[0] if text else repr(exc)}") from exc
+
+
+def get_object(location: Location) -> bytes | None:
+    """The object at an ``s3://`` location, None if there is none."""
+    store, key = _object(location, read_only=True)
+    with _s3_errors(f"cannot read {location}"):
+        found = sync(store.get(key, default_buffer_prototype()))
+    return None if found is None else found.to_bytes()
+
+
+def object_exists(location: Location) -> bool:
+    """Whether an object is at an ``s3://`` location."""
+    store, key = _object(location, read_only=True)
+    with _s3_errors(f"cannot reach {location}"):
+        return sync(store.exists(key))
+
+
+def put_object(location: Location, data: bytes) -> None:
+    """Write one object (one PUT: replaced whole or not at all)."""
+    store, key = _object(location, read_only=False)
+    with _s3_errors(f"cannot write {location}"):
+        sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def delete_object(location: Location) -> None:
+    """Remove the object at an ``s3://`` location, if there is one."""
+    store, key = _object(location, read_only=False)
+    with _s3_errors(f"cannot delete {location}"):
+        sync(store.delete(key))
+
+
+def holds_keys(location: Location) -> bool:
+    """Whether any object lies below an ``s3://`` prefix (a recording, say)."""
+    store, key = _object(location, read_only=True)
+    with _s3_errors(f"cannot reach {location}"):
+        return sync(any_key(store, f"{key}/" if key else ""))
+
+
+def delete_prefix(location: Location) -> None:
+    """Remove every object below an ``s3://`` prefix (a recording being replaced)."""
+    store = location.store(read_only=False)
+    with _s3_errors(f"cannot delete {location}"):
+        sync(store.delete_dir(""))

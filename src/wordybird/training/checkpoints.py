@@ -5,6 +5,7 @@ whose optimizer and scheduler state make the Trainer's resume start exactly as p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import GPT2LMHeadModel
 
 from wordybird.errors import WordybirdError
+from wordybird.location import is_url
 from wordybird.training.config import CHECKPOINT_PREFIX, RunPlan
 from wordybird.training.model import ModelConfig
 from wordybird.training.schedules import WordybirdTrainer
@@ -32,6 +34,17 @@ def checkpoint_folder(path: Path) -> Path:
     if not path.is_dir():
         raise WordybirdError(f"checkpoint {path} does not exist or is not a folder")
     return path
+
+
+def local_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
+    """``checkpoint`` as a local path; an ``s3://`` URL is refused (the Trainer reads a
+    checkpoint from disk)."""
+    if is_url(checkpoint):
+        raise WordybirdError(
+            f"cannot continue from {checkpoint}: a checkpoint must be a local folder "
+            "(the Trainer reads it from disk)"
+        )
+    return Path(checkpoint)
 
 
 def is_weights_only(folder: Path) -> bool:

@@ -9,7 +9,13 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from wordybird.clitypes import PathOrURL, storage_options
 from wordybird.errors import WordybirdError
+
+OUT_HELP = (
+    "or an s3://bucket/prefix URL: the recording streams to <URL>/recording.zarr, beside "
+    "copies of run.json, the token masks and the summary; the checkpoints go to --local-dir."
+)
 
 
 def _quiet_libraries() -> None:
@@ -69,6 +75,14 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "every committed step (slower; see the recorder's FORMAT.md).",
         ),
         click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        click.option(
+            "--local-dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="With an s3:// --out: the local run folder (checkpoints, run.json, token "
+            "masks, summary). Default: s3/BUCKET/PREFIX in the current folder.",
+        ),
+        storage_options,
         # model size, for quick experiments and tests; the defaults are Wordybird's
         click.option("--n-embd", type=int, default=64, hidden=True),
         click.option("--n-layer", type=int, default=2, hidden=True),
@@ -108,36 +122,61 @@ def _config(options: dict[str, Any], learning_rate: float = 1e-3):
 @_run_options
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=PathOrURL(),
     default=Path("runs/wb1"),
     show_default=True,
-    help="Run folder: recording, masks, checkpoints, summary.",
+    help=f"Run folder: recording, masks, checkpoints, summary; {OUT_HELP}",
 )
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option(
     "--resume",
     is_flag=True,
     help="Continue the interrupted run in --out from its last checkpoint (its settings "
-    "come from the run's run.json; other options are ignored).",
+    "come from the run's run.json; other options but --local-dir and --storage-option are "
+    "ignored).",
 )
-def train(out: Path, lr: float, resume: bool, **options: Any) -> None:
+def train(out: Path | str, lr: float, resume: bool, **options: Any) -> None:
     """Train Wordybird from scratch, recording every step (default: WB1, 100 steps)."""
     from wordybird.training import experiments
 
     _quiet_libraries()
+    places = {"local_dir": options["local_dir"], "storage_options": options["storage_options"]}
     if resume:
         if options["overwrite"]:
             raise WordybirdError("--resume and --overwrite exclude each other")
-        result = experiments.resume(out)
+        _say_local_dir(out, options)
+        result = experiments.resume(out, **places)
     else:
-        result = experiments.train(_config(options, lr), out, overwrite=options["overwrite"])
+        _say_local_dir(out, options)
+        result = experiments.train(
+            _config(options, lr), out, overwrite=options["overwrite"], **places
+        )
     click.echo(experiments.format_summary(result))
 
 
+def _say_local_dir(out: Path | str, options: dict[str, Any]) -> None:
+    """For an s3:// --out, say at the start where the checkpoints go."""
+    from wordybird.location import is_url
+    from wordybird.training.config import RunFolder
+
+    if is_url(out):
+        folder = RunFolder.of(out, options["local_dir"], options["storage_options"])
+        click.echo(
+            f"local run folder: {folder.local} (checkpoints, run.json, token masks, summary; "
+            "--local-dir to choose)"
+        )
+
+
 @click.command(name="continue")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=PathOrURL())
 @_run_options
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/wb3"), show_default=True)
+@click.option(
+    "--out",
+    type=PathOrURL(),
+    default=Path("runs/wb3"),
+    show_default=True,
+    help=f"Run folder of the continued run; {OUT_HELP}",
+)
 @click.option(
     "--schedule",
     type=click.Choice(["restart", "continue", "constant"]),
@@ -154,8 +193,8 @@ def train(out: Path, lr: float, resume: bool, **options: Any) -> None:
 @click.pass_context
 def continue_(
     ctx: click.Context,
-    checkpoint: Path,
-    out: Path,
+    checkpoint: Path | str,
+    out: Path | str,
     schedule: str,
     fresh_optimizer: bool,
     **options: Any,
@@ -169,10 +208,14 @@ def continue_(
     from wordybird.training.continuing import INHERITED, inherit_settings
 
     _quiet_libraries()
+    from wordybird.training.checkpoints import local_checkpoint
+
+    checkpoint = local_checkpoint(checkpoint)
     given = [n for n in INHERITED if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
     config, sources = inherit_settings(checkpoint, _config(options), given)
     for name, source in sources.items():
         click.echo(_setting_line(name, getattr(config, name), source))
+    _say_local_dir(out, options)
     result = experiments.continue_training(
         checkpoint,
         out,
@@ -180,6 +223,8 @@ def continue_(
         schedule=schedule,
         fresh_optimizer=fresh_optimizer,
         overwrite=options["overwrite"],
+        local_dir=options["local_dir"],
+        storage_options=options["storage_options"],
     )
     click.echo(experiments.format_summary(result))
 

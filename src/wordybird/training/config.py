@@ -1,15 +1,18 @@
 """What a run is: its settings (:class:`TrainConfig`, the notebook's defaults), the plan one
-invocation carries out (saved as ``run.json`` so ``--resume`` can redo it), what it
-produced, and the names of the files a run folder holds."""
+invocation carries out (saved as ``run.json`` so ``--resume`` can redo it), where its files
+go (:class:`RunFolder`), what it produced, and the names of the files a run folder holds."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from wordybird.errors import WordybirdError
+from wordybird.location import Location, is_url
 from wordybird.training.model import ComputeDtype, ModelConfig
 from wordybird.training.schedules import LRFactor, schedule_from_state
 
@@ -80,6 +83,9 @@ class RunPlan:
     continued_from: str | None = None
     schedule_mode: str | None = None  # continue's --schedule
     fresh_optimizer: bool | None = None
+    #: an ``s3://`` --out: the URL the recording streams to, beside copies of the run's
+    #: files (None: everything is in the run folder). Never its storage options.
+    remote: str | None = None
 
     @property
     def end_step(self) -> int:
@@ -95,6 +101,70 @@ class RunPlan:
     def from_dict(cls, data: dict[str, Any]) -> RunPlan:
         data = {k: v for k, v in data.items() if k != "end_step"}
         return cls(**{**data, "config": TrainConfig.from_dict(data["config"])})
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run's files go.
+
+    ``local`` is the run folder: the Trainer writes its checkpoints there (it needs a local
+    folder), beside ``run.json``, the token masks and the summary. With an ``s3://`` --out,
+    ``remote`` is that URL: the recording streams to ``<remote>/recording.zarr`` and
+    :meth:`upload` puts copies of the small files beside it, so that the bucket holds a
+    recording that explains itself (``wordybird analyze`` finds its masks there).
+    """
+
+    local: Path
+    remote: Location | None = None
+
+    @classmethod
+    def of(
+        cls,
+        out: str | os.PathLike[str],
+        local_dir: str | os.PathLike[str] | None = None,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> RunFolder:
+        """The run folder ``out``, or for an ``s3://`` URL that URL with ``local_dir`` (by
+        default :func:`default_local_dir`)."""
+        if not is_url(out):
+            if local_dir is not None:
+                raise WordybirdError(
+                    f"--local-dir is for an s3:// --out; the local --out {out} is the run "
+                    "folder itself"
+                )
+            Location.of(out, storage_options)  # refuses storage options for a local --out
+            return cls(Path(out))
+        remote = Location.of(out, storage_options)
+        local = Path(local_dir) if local_dir is not None else default_local_dir(remote.text)
+        return cls(local, remote)
+
+    @property
+    def recording(self) -> Location:
+        """Where the run's recording is."""
+        return (self.remote or Location.of(self.local)).child(RECORDING)
+
+    def upload(self, *names: str) -> None:
+        """Copy the run folder's files ``names`` beside the remote recording (each one PUT,
+        so a copy is the whole file or the previous one); nothing for a local run."""
+        if self.remote is None:
+            return
+        from wordybird.recorder.storage import put_object
+
+        for name in names:
+            put_object(self.remote.child(name), (self.local / name).read_bytes())
+
+    def __str__(self) -> str:
+        return str(self.remote or self.local)
+
+
+def default_local_dir(url: str) -> Path:
+    """The local run folder of an ``s3://`` --out when no --local-dir is given: the URL's
+    bucket and key under ``s3/`` in the current folder (``s3://my-bucket/runs/wb1`` ->
+    ``s3/my-bucket/runs/wb1``), so that every URL has its own and ``--resume`` finds it."""
+    parts = url.removeprefix("s3://").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise WordybirdError(f"cannot name a local run folder after {url}: give --local-dir")
+    return Path("s3", *parts)
 
 
 def write_run_file(folder: Path, plan: RunPlan) -> None:

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from wordybird.errors import WordybirdError
+from wordybird.location import Location, is_url
 from wordybird.training.checkpoints import (
     is_weights_only,
     last_complete_checkpoint,
     list_checkpoints,
     load_checkpoint_model,
+    local_checkpoint,
     step_of,
 )
 from wordybird.training.config import (
@@ -37,6 +41,7 @@ from wordybird.training.config import (
     RECORDING,
     RUN_FILE,
     SUMMARY,
+    RunFolder,
     RunPlan,
     RunResult,
     Schedule,
@@ -55,39 +60,75 @@ __all__ = ["TrainConfig", "continue_training", "format_summary", "resume", "trai
 
 @offline()
 def train(
-    config: TrainConfig, out: str | os.PathLike[str], *, overwrite: bool = False
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    local_dir: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """WB1/WB2: train a fresh model for ``config.steps`` steps, recording into ``out``."""
+    """WB1/WB2: train a fresh model for ``config.steps`` steps, recording into ``out``.
+
+    ``out`` is the run folder, or an ``s3://bucket/prefix`` URL: then the recording streams
+    to ``<out>/recording.zarr``, the checkpoints go to ``local_dir`` (default:
+    :func:`~wordybird.training.config.default_local_dir`) with the run's files, and copies of
+    those (run.json, the token masks, the summary) go beside the recording.
+    ``storage_options`` (obstore's S3 settings) reach the bucket; they are written nowhere.
+    """
     config.validate()
     config = config.with_absolute_corpus()
-    out = Path(out)
+    folder = RunFolder.of(out, local_dir, storage_options)
     data = RunData.load(config)
-    _prepare_out(out, overwrite=overwrite)
+    _prepare_out(folder, overwrite=overwrite)
     plan = RunPlan(
         config,
         start_step=0,
         base_lr=config.learning_rate,
         schedule=vars(LinearDecay(0, config.steps)),
+        remote=_url(folder),
     )
-    return run(plan, out, build_model(config.model, config.seed), data)
+    return run(plan, folder, build_model(config.model, config.seed), data)
 
 
 @offline()
-def resume(out: str | os.PathLike[str]) -> RunResult:
-    """Continue an interrupted run in ``out`` from its last checkpoint, recording seamlessly."""
-    out = Path(out)
-    plan = read_run_file(out)
+def resume(
+    out: str | os.PathLike[str],
+    *,
+    local_dir: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Continue an interrupted run from its last checkpoint, recording seamlessly.
+
+    ``out`` is the run folder, or the ``s3://`` URL the run was started with (its run folder
+    being ``local_dir``, by default the one ``train`` picks); a run folder whose run records
+    to a URL resumes there too. ``storage_options``: as for :func:`train`.
+    """
+    folder = RunFolder.of(out, local_dir, storage_options if is_url(out) else None)
+    plan = read_run_file(folder.local)
     if plan is None:
-        raise WordybirdError(f"cannot resume {out}: it holds no run ({RUN_FILE} is missing)")
-    checkpoint = last_complete_checkpoint(out)
+        where = f"its run folder {folder.local}" if folder.remote else "it"
+        raise WordybirdError(
+            f"cannot resume {out}: {where} holds no run ({RUN_FILE} is missing)"
+            + ("; give the folder holding its checkpoints as --local-dir" if folder.remote else "")
+        )
+    if folder.remote is None and plan.remote is not None:  # the run folder of an s3:// run
+        folder = RunFolder(folder.local, Location.of(plan.remote, storage_options))
+    elif storage_options and folder.remote is None:
+        Location.of(out, storage_options)  # refused: storage options for a local recording
+    if _url(folder) != plan.remote:
+        records_to = plan.remote or f"its own folder ({folder.local / RECORDING})"
+        raise WordybirdError(
+            f"cannot resume {out}: the run in {folder.local} records to {records_to}"
+        )
+    checkpoint = last_complete_checkpoint(folder.local)
     if checkpoint is None:
         raise WordybirdError(
-            f"cannot resume {out}: it holds no complete {CHECKPOINT_PREFIX}N folder"
+            f"cannot resume {out}: {folder.local} holds no complete {CHECKPOINT_PREFIX}N folder"
         )
     if step_of(checkpoint) >= plan.end_step:
         raise WordybirdError(f"{out} is already complete: {checkpoint} is its last step")
     model = load_checkpoint_model(checkpoint)
-    return run(plan, out, model, RunData.load(plan.config), resume_from=checkpoint)
+    return run(plan, folder, model, RunData.load(plan.config), resume_from=checkpoint)
 
 
 @offline()
@@ -99,6 +140,8 @@ def continue_training(
     schedule: Schedule = "restart",
     fresh_optimizer: bool = False,
     overwrite: bool = False,
+    local_dir: str | os.PathLike[str] | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> RunResult:
     """WB3: continue from a checkpoint for ``config.steps`` more steps.
 
@@ -107,37 +150,50 @@ def continue_training(
     through :func:`~wordybird.training.continuing.inherit_settings` first to take the
     corpus, batch size, seed and recording mode from the checkpoint's run, as
     ``wordybird continue`` does. ``schedule``: see
-    :func:`~wordybird.training.continuing.plan_continue`.
+    :func:`~wordybird.training.continuing.plan_continue`. ``out``, ``local_dir`` and
+    ``storage_options``: as for :func:`train` (the checkpoint is a local folder).
     """
     config.validate()
-    checkpoint = Path(checkpoint)
-    out = Path(out)
+    checkpoint = local_checkpoint(checkpoint)
+    folder = RunFolder.of(out, local_dir, storage_options)
     plan, model = plan_continue(
         checkpoint, config, schedule=schedule, fresh_optimizer=fresh_optimizer
     )
+    plan = replace(plan, remote=_url(folder))
     data = RunData.load(plan.config)
-    _prepare_out(out, overwrite=overwrite, keep=checkpoint)
+    _prepare_out(folder, overwrite=overwrite, keep=checkpoint)
     stage_from = None if is_weights_only(checkpoint) else checkpoint
-    return run(plan, out, model, data, stage_from=stage_from)
+    return run(plan, folder, model, data, stage_from=stage_from)
 
 
-def _prepare_out(out: Path, *, overwrite: bool, keep: Path | None = None) -> None:
+def _url(folder: RunFolder) -> str | None:
+    return folder.remote.text if folder.remote is not None else None
+
+
+def _prepare_out(folder: RunFolder, *, overwrite: bool, keep: Path | None = None) -> None:
     """Refuse to clobber a run unless asked; with ``overwrite``, clear the old run, unless
-    it holds ``keep`` (the checkpoint a ``continue`` starts from)."""
+    it holds ``keep`` (the checkpoint a ``continue`` starts from). An ``s3://`` run is
+    looked for in the bucket too (its recording, its run.json): every check is made, and the
+    bucket reached, before anything is deleted."""
+    out = folder.local
     if out.exists() and not out.is_dir():
         raise WordybirdError(f"output {out} exists and is not a folder")
     holds_run = (
         (out / RECORDING).exists() or bool(list_checkpoints(out)) or (out / RUN_FILE).exists()
     )
-    if holds_run and not overwrite:
+    remote_holds_run = folder.remote is not None and _holds_remote_run(folder.remote)
+    if (holds_run or remote_holds_run) and not overwrite:
         raise WordybirdError(
-            f"{out} already holds a run; pass --overwrite to replace it or --resume to continue it"
+            f"{out if holds_run else folder.remote} already holds a run; pass --overwrite to "
+            "replace it or --resume to continue it"
         )
     if holds_run and keep is not None and out.resolve() in keep.resolve().parents:
         raise WordybirdError(
             f"--overwrite would delete the run in {out} before continuing from its "
             f"{keep}: pick another --out"
         )
+    if remote_holds_run:
+        _clear_remote_run(folder.remote)
     if holds_run:
         # run.json first: a process killed while clearing must not leave a run that --resume
         # continues from an old checkpoint into a half-deleted recording
@@ -147,3 +203,26 @@ def _prepare_out(out: Path, *, overwrite: bool, keep: Path | None = None) -> Non
         for path in list_checkpoints(out).values():
             shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _holds_remote_run(remote: Location) -> bool:
+    from wordybird.recorder.storage import holds_keys, object_exists
+
+    return object_exists(remote.child(RUN_FILE)) or holds_keys(remote.child(RECORDING))
+
+
+def _clear_remote_run(remote: Location) -> None:
+    """Remove an old run's objects at ``remote``: run.json first (as in a run folder), its
+    recording only if it is one (a mistyped URL must not delete other data)."""
+    from wordybird.recorder.format import is_recording
+    from wordybird.recorder.storage import delete_object, delete_prefix, holds_keys
+
+    recording = remote.child(RECORDING)
+    if holds_keys(recording) and not is_recording(recording):
+        raise WordybirdError(
+            f"refusing to overwrite {recording}: it is not a wordybird recording (delete it "
+            "yourself if it should go)"
+        )
+    for name in (RUN_FILE, SUMMARY, MASKS):
+        delete_object(remote.child(name))
+    delete_prefix(recording)

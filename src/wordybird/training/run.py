@@ -2,7 +2,10 @@
 
 Each of those builds a :class:`~wordybird.training.config.RunPlan`, prepares the run folder
 and hands over; :func:`run` then writes the run's files, builds the Trainer, opens the
-recording, trains and summarizes, in that order, whichever of the three it serves.
+recording, trains and summarizes, in that order, whichever of the three it serves. For an
+``s3://`` --out, the run's files are copied beside the recording as soon as they are
+written (the summary at the end), so that the bucket explains its recording even while the
+run goes on, or after it was interrupted.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import torch
 from transformers import GPT2LMHeadModel, TrainingArguments
 
 from wordybird.errors import WordybirdError
+from wordybird.location import Location
 from wordybird.recorder import StreamingRecorder
 from wordybird.training.callback import RecorderCallback
 from wordybird.training.checkpoints import staged_checkpoint, step_of
 from wordybird.training.config import (
     CHECKPOINT_PREFIX,
     MASKS,
-    RECORDING,
+    RUN_FILE,
+    SUMMARY,
+    RunFolder,
     RunPlan,
     RunResult,
     TrainConfig,
@@ -67,14 +73,14 @@ class RunData:
 
 def run(
     plan: RunPlan,
-    out: Path,
+    folder: RunFolder,
     model: GPT2LMHeadModel,
     data: RunData,
     *,
     resume_from: Path | None = None,
     stage_from: Path | None = None,
 ) -> RunResult:
-    """Train ``model`` from ``plan.start_step`` to ``plan.end_step`` in the folder ``out``.
+    """Train ``model`` from ``plan.start_step`` to ``plan.end_step`` into ``folder``.
 
     Where the Trainer's state comes from: ``resume_from``, a checkpoint of this run
     (``--resume``: the recording is cut back to it and goes on); ``stage_from``, another
@@ -83,8 +89,10 @@ def run(
     from weights only).
     """
     c = plan.config
+    out = folder.local
     save_token_masks(data.masks, out / MASKS)
     write_run_file(out, plan)
+    folder.upload(MASKS, RUN_FILE)
 
     compute = resolve_compute_dtype(c.compute_dtype, _device())
     compute_in(model, compute)
@@ -102,7 +110,9 @@ def run(
     with start as staged:
         recorder: RecorderCallback | None = None
         if c.record_every is not None:
-            recorder = _recorder_callback(plan, out, _metadata(plan, data), resume_from)
+            recorder = _recorder_callback(
+                plan, folder.recording, _metadata(plan, data), resume_from
+            )
             trainer.add_callback(recorder)
         resume_at = staged or resume_from
         try:
@@ -121,26 +131,41 @@ def run(
     if control.interrupted:
         committed = ""
         if recorder is not None:
-            committed = f"steps up to {last} are committed in {out / RECORDING}; "
+            committed = f"steps up to {last} are committed in {folder.recording}; "
         raise WordybirdError(
             f"interrupted after step {last}: {committed}checkpoint written to {checkpoint}; "
-            f"continue with `wordybird train --resume {out}`"
+            f"continue with {_resume_command(folder)}"
         )
-    summary = summarize(out, trainer, control, plan)
+    summary = summarize(out, trainer, control, plan, folder.recording if recorder else None)
+    folder.upload(SUMMARY)
     first = control.first_step or 0
     return RunResult(out, first, last, control.seconds_per_step, checkpoint, summary)
 
 
+def _resume_command(folder: RunFolder) -> str:
+    """The command that resumes the run in ``folder``."""
+    if folder.remote is None:
+        return f"`wordybird train --resume --out {folder.local}`"
+    command = f"`wordybird train --resume --out {folder.remote} --local-dir {folder.local}`"
+    if folder.remote.options:  # not repeated here: they may hold credentials
+        command += " with the same --storage-option settings"
+    return command
+
+
 def _recorder_callback(
-    plan: RunPlan, out: Path, metadata: dict[str, Any], resume_from: Path | None
+    plan: RunPlan, path: Location, metadata: dict[str, Any], resume_from: Path | None
 ) -> RecorderCallback:
     """A new recording, or, resuming, the run's recording cut back to the checkpoint."""
     c = plan.config
-    path = out / RECORDING
+    where, options = path.local or path.text, dict(path.options) or None
     if resume_from is None:
-        recorder = StreamingRecorder(path, metadata=metadata, mode=c.mode, durable=c.durable)
+        recorder = StreamingRecorder(
+            where, metadata=metadata, mode=c.mode, durable=c.durable, storage_options=options
+        )
     else:
-        recorder = StreamingRecorder(path, resume=True, metadata=metadata, durable=c.durable)
+        recorder = StreamingRecorder(
+            where, resume=True, metadata=metadata, durable=c.durable, storage_options=options
+        )
         try:
             _cut_recording(recorder, resume_from, plan)
         except BaseException:

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from wordybird.location import Location
 from wordybird.training.config import (
     CHECKPOINT_PREFIX,
     MASKS,
-    RECORDING,
     SUMMARY,
     RunPlan,
     RunResult,
@@ -21,12 +21,17 @@ from wordybird.training.schedules import WordybirdTrainer
 
 
 def summarize(
-    out: Path, trainer: WordybirdTrainer, control: RunControl, plan: RunPlan
+    out: Path,
+    trainer: WordybirdTrainer,
+    control: RunControl,
+    plan: RunPlan,
+    recording: Location | None,
 ) -> dict[str, Any]:
-    """The notebook's closing numbers, read back lazily; written to ``summary.json``."""
+    """The notebook's closing numbers, read back lazily from ``recording`` (None: the run
+    recorded nothing); written to ``summary.json`` in the run folder ``out``."""
     from safetensors.torch import load_file
 
-    import wordybird
+    from wordybird.recorder.reader import ZarrRecording
 
     logged = [
         (int(e["step"]), float(e["loss"]))
@@ -42,10 +47,11 @@ def summarize(
     if logged:
         summary["loss_first"] = {"step": logged[0][0], "loss": logged[0][1]}
         summary["loss_last"] = {"step": logged[-1][0], "loss": logged[-1][1]}
-    if (out / RECORDING).exists():
+    if recording is not None:
         untrained = load_file(str(out / MASKS))["untrained_indices"]
-        with wordybird.open(out / RECORDING) as rec:
-            summary["recording"] = str(out / RECORDING)
+        where, options = recording.local or recording.text, dict(recording.options) or None
+        with ZarrRecording(where, options) as rec:
+            summary["recording"] = str(recording)
             summary["recorded_steps"] = len(rec)
             if len(rec) >= 2 and len(untrained):
                 emb = rec["embeddings"]
