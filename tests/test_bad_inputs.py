@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -562,3 +563,38 @@ def test_the_notebook_layout_refuses_rows_and_store_dtype(tmp_path: Path) -> Non
         pytest.raises(WordybirdError, match="rows= and store_dtype= need parameters="),
     ):
         wordybird.RecorderCallback(recorder, rows=[0, 1])
+
+
+def test_wordybird_train_refuses_to_run_as_several_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun every process would prepare one run folder and open one recording."""
+    (tmp_path / "corpus.txt").write_text("some words " * 400)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(WordybirdError, match="run as one process, not 2: record a multi-process"):
+        train(config(tmp_path / "corpus.txt", steps=2), tmp_path / "wb1")
+    assert not (tmp_path / "wb1").exists()
+
+
+@pytest.mark.parametrize(
+    ("main", "has_recorder", "message"),
+    [
+        (True, False, "RecorderCallback(None) on the main process: nothing records"),
+        (False, True, "process 1 of 2 was given a recorder: create it on the main process only"),
+    ],
+)
+def test_a_multi_process_recorder_only_on_the_main_process(
+    tmp_path: Path, main: bool, has_recorder: bool, message: str
+) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    recorder = StreamingRecorder(tmp_path / "r.zarr") if has_recorder else None
+    callback = wordybird.RecorderCallback(recorder)
+    state = TrainerState(is_world_process_zero=main)
+    args = SimpleNamespace(process_index=0 if main else 1, world_size=2)  # as under torchrun
+    with pytest.raises(WordybirdError, match=re.escape(message)):
+        callback.on_train_begin(
+            args, state, TrainerControl(), model=torch.nn.Linear(2, 2), optimizer=None
+        )
+    if recorder is not None:
+        recorder.close()

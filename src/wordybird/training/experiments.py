@@ -51,7 +51,7 @@ from wordybird.training.config import (
 from wordybird.training.continuing import plan_continue
 from wordybird.training.model import build_model
 from wordybird.training.offline import offline
-from wordybird.training.run import RunData, run
+from wordybird.training.run import RunData, refuse_multi_process, run
 from wordybird.training.schedules import LinearDecay
 from wordybird.training.summary import format_summary
 
@@ -75,6 +75,7 @@ def train(
     those (run.json, the token masks, the summary) go beside the recording.
     ``storage_options`` (obstore's S3 settings) reach the bucket; they are written nowhere.
     """
+    refuse_multi_process()
     config.validate()
     config = config.with_absolute_corpus()
     folder = RunFolder.of(out, local_dir, storage_options)
@@ -103,6 +104,7 @@ def resume(
     being ``local_dir``, by default the one ``train`` picks); a run folder whose run records
     to a URL resumes there too. ``storage_options``: as for :func:`train`.
     """
+    refuse_multi_process()
     folder = RunFolder.of(out, local_dir, storage_options if is_url(out) else None)
     plan = read_run_file(folder.local)
     if plan is None:
@@ -153,6 +155,7 @@ def continue_training(
     :func:`~wordybird.training.continuing.plan_continue`. ``out``, ``local_dir`` and
     ``storage_options``: as for :func:`train` (the checkpoint is a local folder).
     """
+    refuse_multi_process()
     config.validate()
     checkpoint = local_checkpoint(checkpoint)
     folder = RunFolder.of(out, local_dir, storage_options)

@@ -10,6 +10,7 @@ run goes on, or after it was interrupted.
 
 from __future__ import annotations
 
+import os
 import platform
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
@@ -140,6 +141,19 @@ def run(
     folder.upload(SUMMARY)
     first = control.first_step or 0
     return RunResult(out, first, last, control.seconds_per_step, checkpoint, summary)
+
+
+def refuse_multi_process() -> None:
+    """``wordybird train``/``continue`` run as one process. Under torchrun or accelerate
+    launch every process would prepare the same run folder and open the same recording;
+    a Trainer script of one's own records multi-process runs (README, "Scaling out")."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise WordybirdError(
+            f"wordybird train/continue run as one process, not {world}: record a "
+            "multi-process run from your own Trainer script with RecorderCallback (README, "
+            "Scaling out)"
+        )
 
 
 def _resume_command(folder: RunFolder) -> str:
