@@ -24,8 +24,8 @@ import zarr
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.recorder import layout
-from wordybird.recorder.delta import delta_decode, delta_encode
 from wordybird.recorder.commit import WritableStore
+from wordybird.recorder.delta import delta_decode, delta_encode
 from wordybird.recorder.format import is_recording
 
 MODES = ["default", "compact"]
