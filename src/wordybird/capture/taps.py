@@ -15,7 +15,8 @@ Two layouts of fields:
   ``grad_norms``;
 - by name (any parameters, any optimizer): ``<name>/value``, ``<name>/grad``, one
   ``<name>/<key>`` per tensor the optimizer holds for it (``exp_avg``, ``momentum_buffer``,
-  ``square_avg``, ``row_var``…), ``<name>/lr`` (its group's learning rate) and
+  ``square_avg``, ``row_var``…), ``<name>/lr`` (its group's learning rate; NaN where the
+  group holds none, as transformers' ``Adafactor`` with ``relative_step=True``) and
   ``<name>/rows`` (with ``rows=``), and ``grad_norms``.
 
 Only state the optimizer really holds is recorded. Adam and AdamW define theirs to start at
@@ -27,6 +28,7 @@ whose optimizer holds no state yet cannot record its initial step by name.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -61,6 +63,15 @@ def _group_of(optimizer: Any, param: nn.Parameter) -> dict[str, Any]:
         if any(p is param for p in group["params"]):
             return group
     raise WordybirdError("the optimizer does not update a recorded parameter")
+
+
+def _learning_rate(group: Mapping[str, Any]) -> float:
+    """The group's learning rate; NaN where it holds none (transformers' ``Adafactor`` with
+    ``relative_step=True`` keeps ``lr=None`` and computes its own step size per parameter)."""
+    lr = group.get("lr")
+    if isinstance(lr, torch.Tensor) or (isinstance(lr, int | float) and not isinstance(lr, bool)):
+        return float(lr)
+    return math.nan
 
 
 def optimizer_metadata(optimizer: Any) -> dict[str, Any]:
@@ -127,9 +138,11 @@ class Taps:
     def _grad_hook(self, name: str | None) -> Any:
         def hook(param: torch.Tensor) -> None:
             grad = param.grad.detach()
-            self._grad_sq_norms[id(param)] = torch.linalg.vector_norm(
-                grad, dtype=torch.float32
-            ).square()
+            # fp32 at least (bf16 grads), the grad's own dtype when wider (fp64)
+            wide = torch.promote_types(grad.dtype, torch.float32)
+            self._grad_sq_norms[id(param)] = (
+                torch.linalg.vector_norm(grad, dtype=wide).float().square()
+            )
             if name is not None:
                 index = self.rows.get(name)
                 if index is None:
@@ -156,7 +169,7 @@ class Taps:
     def note_learning_rates(self, optimizer: Any) -> None:
         """Keep the learning rates the coming optimizer step uses (call just before it)."""
         self._lrs = {
-            name: float(_group_of(inner_optimizer(optimizer), p)["lr"])
+            name: _learning_rate(_group_of(inner_optimizer(optimizer), p))
             for name, p in self.params.items()
         }
 

@@ -2,8 +2,8 @@
 
 The gradients, optimizer state and learning rates come from the taps shared with plain
 loops (``wordybird.capture.taps``); what only a Trainer run has, a forward hook adds: the
-step's loss (the mean over its accumulation micro-batches) and the logits of the last
-batch's first sequence at its last position. Steps go to a
+step's loss (the loss the Trainer logs for it, over all its accumulation micro-batches) and
+the logits of the last batch's first sequence at its last position. Steps go to a
 :class:`~wordybird.recorder.StreamingRecorder`, which copies them and writes in the
 background: nothing accumulates in RAM.
 """
@@ -88,6 +88,7 @@ class RecorderCallback(TrainerCallback):
         self._vocab = 0
         self._loss_sum: torch.Tensor | None = None
         self._forwards = 0
+        self._loss_shares = False
         self._logits: torch.Tensor | None = None
         self._first = True
         self._handles: list[Any] = []
@@ -108,6 +109,10 @@ class RecorderCallback(TrainerCallback):
             loss = loss.detach().float()
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._forwards += 1
+            # Given the step's token count (a Trainer passes it to models that take loss
+            # kwargs), each micro-batch's loss is its share of the step's mean: they add up.
+            if kwargs.get("num_items_in_batch") is not None:
+                self._loss_shares = True
         if logits is not None:
             self._logits = logits.detach()[0, -1].to(torch.bfloat16, copy=True)
 
@@ -150,7 +155,8 @@ class RecorderCallback(TrainerCallback):
                     f"step {step}: the model's forward returned no loss/logits to record"
                 )
             logits = self._logits
-            loss = (self._loss_sum / self._forwards).to(torch.bfloat16)
+            mean = self._loss_sum if self._loss_shares else self._loss_sum / self._forwards
+            loss = mean.to(torch.bfloat16)
         if self._first and self.parameters is not None:
             self.recorder.update_metadata(
                 {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
@@ -183,6 +189,7 @@ class RecorderCallback(TrainerCallback):
         self._taps.begin_step()
         self._loss_sum = self._logits = None
         self._forwards = 0
+        self._loss_shares = False
 
     def on_pre_optimizer_step(self, args, state, control, optimizer: Any = None, **kwargs):
         # the LR this step uses; the scheduler moves it right after optimizer.step()
