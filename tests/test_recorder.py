@@ -699,3 +699,50 @@ def test_a_keyframe_run_decodes_in_one_pass_as_step_by_step(dtype: str) -> None:
     stored = np.stack([steps[0], *(delta_encode(b, a) for a, b in itertools.pairwise(steps))])
     assert np.array_equal(decode_run(stored.copy()), steps)
     assert np.array_equal(decode_run(stored[:1].copy()), steps[:1])
+
+
+def test_a_large_step_is_written_a_few_fields_at_a_time() -> None:
+    """Chunks in flight stay bounded: zarr encodes 10 chunks of each array at once, so the
+    four 77 MB fields of GPT-2 small's embedding go one by one; a notebook step goes whole."""
+    from wordybird.recorder.commit import write_batches
+
+    def spec(name: str, shape: tuple[int, ...], dtype: str = "bfloat16") -> layout.FieldSpec:
+        return layout.FieldSpec(name, dtype, shape)
+
+    matrices = ("embeddings", "grads", "momentum", "variance")
+    notebook = [spec(n, (50257, 64)) for n in matrices]
+    notebook += [spec("logits", (50257,)), spec("losses", ()), spec("grad_norms", (), "float32")]
+    assert write_batches(notebook) == [[s.name for s in notebook]]
+    wte = [spec(f"wte/{k}", (50257, 768)) for k in ("value", "grad", "exp_avg", "exp_avg_sq")]
+    wte += [spec("wte/step", (), "float32"), spec("grad_norms", (), "float32")]
+    assert write_batches(wte) == [
+        ["wte/value"],
+        ["wte/grad"],
+        ["wte/exp_avg"],
+        ["wte/exp_avg_sq", "wte/step", "grad_norms"],
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fields_written_one_by_one_round_trip(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wordybird.recorder import commit
+
+    monkeypatch.setattr(commit, "IN_FLIGHT_BYTES", 0)  # every field in a batch of its own
+    batches: list[list[list[str]]] = []
+    original = commit.write_batches
+
+    def spy(specs: Sequence[layout.FieldSpec]) -> list[list[str]]:
+        batches.append(original(specs))
+        return batches[-1]
+
+    monkeypatch.setattr(commit, "write_batches", spy)
+    steps = [0, 1, 2]
+    record_steps(tmp_path / "r.zarr", steps, mode=mode)
+    assert batches == [[[name] for name in make_step(0)]] * len(steps)
+    with wordybird.open(tmp_path / "r.zarr") as rec:
+        assert rec.steps.tolist() == steps
+        for position, step in enumerate(steps):
+            for field, value in make_step(step).items():
+                assert same_bits(rec[field][position], value), (field, step)

@@ -41,6 +41,32 @@ from wordybird.recorder.layout import (
 )
 from wordybird.recording import STEPS_FIELD
 
+#: Raw bytes of chunks that one step's write keeps in flight, about: zarr encodes up to
+#: ``async.concurrency`` (10) chunks of each array at once, each held raw, encoded and
+#: checksummed until stored. Writing every field of a step at once held ~230 MB for GPT-2
+#: small's embedding, its gradient and Adam state (4 fields of 37 chunks of 2 MB); fields
+#: are now written together only while their chunks in flight stay within this, so a step
+#: as small as the notebook's (~26 MB) is still written at once (benchmarks/bench_capture.py).
+IN_FLIGHT_BYTES = 32 << 20
+
+
+def write_batches(specs: Sequence[FieldSpec]) -> list[list[str]]:
+    """The fields of a step, in groups written one group after the other."""
+    concurrency = max(1, int(zarr.config.get("async.concurrency")))
+    batches: list[list[str]] = [[]]
+    load = 0
+    for spec in specs:
+        chunk = chunk_shape(spec)
+        chunk_bytes = int(np.prod(chunk, dtype=np.int64)) * spec.stored_dtype.itemsize
+        chunks = -(-spec.step_nbytes // chunk_bytes)  # a small field's one shared chunk: 1
+        cost = min(chunks, concurrency) * chunk_bytes
+        if batches[-1] and load + cost > IN_FLIGHT_BYTES:
+            batches.append([])
+            load = 0
+        batches[-1].append(spec.name)
+        load += cost
+    return batches
+
 
 class WritableStore(RecordingStore):
     """A recording opened for writing: one writer thread appends, commits and truncates.
@@ -181,10 +207,11 @@ class WritableStore(RecordingStore):
             await storage.gather_all(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
 
         async def write() -> None:
-            await storage.gather_all(
-                targets[STEPS_FIELD].setitem(n, np.int64(step)),
-                *(targets[name].setitem(n, value) for name, value in arrays.items()),
-            )
+            for i, batch in enumerate(write_batches([self.fields[name] for name in arrays])):
+                await storage.gather_all(
+                    *([targets[STEPS_FIELD].setitem(n, np.int64(step))] if i == 0 else []),
+                    *(targets[name].setitem(n, arrays[name]) for name in batch),
+                )
 
         storage.fault_point("resize")
         sync(grow())

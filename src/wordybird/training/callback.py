@@ -2,8 +2,8 @@
 
 The gradients, optimizer state and learning rates come from the taps shared with plain
 loops (``wordybird.capture.taps``); what only a Trainer run has, a forward hook adds: the
-step's loss (the mean over its accumulation micro-batches) and the logits of the last
-batch's first sequence at its last position. Steps go to a
+step's loss (the loss the Trainer logs for it, over all its accumulation micro-batches) and
+the logits of the last batch's first sequence at its last position. Steps go to a
 :class:`~wordybird.recorder.StreamingRecorder`, which copies them and writes in the
 background: nothing accumulates in RAM.
 """
