@@ -145,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         requested = requests_for_one_step(url)
         chunks = [r for r in requested if "/c/" in r]
-        print(f"reading one step of embeddings after open: {len(requested)} requests, ")
-        print(f"  all for that step's {len(chunks) // 2} chunks: {len(chunks) == len(requested)}")
+        print(f"reading one step of embeddings after open: {len(requested)} requests,")
+        print(f"  all for that step's {len(chunks)} chunks: {len(chunks) == len(requested)}")
         for line in requested:
             print(f"    {line}")
 
