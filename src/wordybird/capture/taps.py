@@ -65,27 +65,6 @@ def _group_of(optimizer: Any, param: nn.Parameter) -> dict[str, Any]:
     raise WordybirdError("the optimizer does not update a recorded parameter")
 
 
-#: Elements per piece of a gradient's norm (see :func:`squared_norm`).
-NORM_PIECE = 1 << 18
-
-
-def squared_norm(grad: torch.Tensor) -> torch.Tensor:
-    """The squared L2 norm of a gradient, in fp32 (fp64 for fp64 gradients).
-
-    Taken piece by piece and the pieces' squares summed: one ``vector_norm(..., dtype=fp32)``
-    over a whole bf16 tensor casts all of it first and, on CPU, sums tens of millions of
-    terms into a few accumulators: for GPT-2's 50,257 x 768 embedding it took ~90 ms and was
-    off by 2.7e-3 (relative), against ~25 ms and 6e-6 in pieces of 2^18 elements
-    (benchmarks/bench_capture.py runs it over every parameter of GPT-2 small each step).
-    """
-    wide = torch.promote_types(grad.dtype, torch.float32)  # fp32 at least, fp64 stays
-    flat = grad.reshape(-1)
-    if flat.numel() <= NORM_PIECE:
-        return torch.linalg.vector_norm(flat, dtype=wide).square().float()
-    pieces = torch.stack([torch.linalg.vector_norm(p, dtype=wide) for p in flat.split(NORM_PIECE)])
-    return pieces.square().sum().float()
-
-
 def _learning_rate(group: Mapping[str, Any]) -> float:
     """The group's learning rate; NaN where it holds none (transformers' ``Adafactor`` with
     ``relative_step=True`` keeps ``lr=None`` and computes its own step size per parameter)."""
@@ -169,7 +148,15 @@ class Taps:
         accumulation, the last backward's collection holds the sum of the micro-batches."""
         self._collect_queued = False
         grads = {id(p): p.grad for p in self._trainable if p.grad is not None}
-        self._grad_sq_norms = {key: squared_norm(g.detach()) for key, g in grads.items()}
+        # fp32 at least (bf16 grads), the grad's own dtype when wider (fp64)
+        self._grad_sq_norms = {
+            key: torch.linalg.vector_norm(
+                g.detach(), dtype=torch.promote_types(g.dtype, torch.float32)
+            )
+            .float()
+            .square()
+            for key, g in grads.items()
+        }
         for name, param in self.params.items():
             grad = grads.get(id(param))
             if grad is None:

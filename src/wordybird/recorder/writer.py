@@ -78,7 +78,10 @@ class StreamingRecorder:
         resume: continue an existing recording after its last committed step.
         overwrite: replace the recording (or empty folder) at ``path``; anything else there
             is refused.
-        queue_size: steps that may wait for the writer before ``record()`` blocks.
+        queue_size: steps that may wait for the writer before ``record()`` blocks. Each
+            holds a buffer set as large as one step (``queue_size + 1`` sets in all): for
+            big steps, ``queue_size=1`` keeps two (GPT-2 small's embedding with its
+            gradient and Adam state: 309 MB a set; benchmarks/bench_capture.py).
         durable: fsync each step's files, then the header that commits it, then the folder,
             so that a power loss (not only a killed process) keeps every committed step.
             Costs time per step: see benchmarks/bench_durable.py. (On S3 every
