@@ -6,6 +6,8 @@ Benchmarks run as scripts (``python benchmarks/NAME.py``), so this module is imp
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -154,3 +156,15 @@ def time_compress(
     finally:
         numcodecs.blosc.use_threads = previous
     return raw / packed, raw / best
+
+
+def peak_rss_of(command: list[str]) -> int:
+    """Run ``command``; its own peak RSS in bytes, reaped with ``os.wait4`` (raises with the
+    end of its stderr when it fails)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    errors = process.stderr.read()  # drained before waiting, so the child never blocks
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{' '.join(command)} failed:\n{errors.decode()[-3000:]}")
+    return usage.ru_maxrss * 1024  # KiB on Linux

@@ -38,13 +38,14 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import peak_rss_of
 
 #: The recorded parameter: GPT-2's input embedding (tied to the output layer).
 WTE = "transformer.wte.weight"
@@ -145,15 +146,9 @@ def spawn(run: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     result_file = out / "result.json"
     command = [sys.executable, __file__, "--worker", run, "--out", str(out)]
     command += ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    errors = process.stderr.read()  # drained before waiting, so the child never blocks
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{errors.decode()[-3000:]}")
+    peak_rss = peak_rss_of(command)
     result = json.loads(result_file.read_text())
-    result["peak_rss"] = usage.ru_maxrss * 1024  # KiB on Linux
+    result["peak_rss"] = peak_rss
     return result
 
 

@@ -18,9 +18,7 @@ Run: ``python benchmarks/bench_training.py [--steps 6] [--batch-size 32] [--rss-
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 import wordybird
+from _common import peak_rss_of
 from wordybird.training.experiments import TrainConfig, train
 from wordybird.training.model import ModelConfig, build_model, compute_in
 
@@ -63,14 +62,7 @@ def train_peak_rss(steps: int, *, record: bool, out: Path) -> int:
     """Peak RSS in bytes of one ``wordybird train`` process, read from its own rusage."""
     command = [sys.executable, "-m", "wordybird.cli", "train", "--steps", str(steps)]
     command += ["--out", str(out), "--overwrite", *([] if record else ["--no-record"])]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    errors = process.stderr.read()  # drained before waiting, so the child never blocks
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{errors.decode()[-2000:]}")
-    return usage.ru_maxrss * 1024  # KiB on Linux
+    return peak_rss_of(command)
 
 
 def main() -> None:

@@ -117,11 +117,14 @@ class Watch:
 
     def close(self) -> None:
         """Remove the hooks and close the recorder (writes every queued step)."""
+        self._unhook()
+        self.recorder.close()
+
+    def _unhook(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._taps.remove()
-        self.recorder.close()
 
     def __enter__(self) -> Watch:
         return self
@@ -135,9 +138,7 @@ class Watch:
         if exc_type is None:
             self.close()
             return
-        for handle in self._handles:  # keep what was recorded; the caller's error goes on
-            handle.remove()
-        self._taps.remove()
+        self._unhook()  # keep what was recorded; the caller's error goes on
         self.recorder.__exit__(exc_type, exc, tb)
 
 
