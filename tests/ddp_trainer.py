@@ -50,3 +50,5 @@ args = TrainingArguments(
 recorder = wordybird.StreamingRecorder(os.path.join(out, "rec.zarr")) if main else None
 callback = wordybird.RecorderCallback(recorder, parameters=["transformer.wte.weight"])
 InOrder(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+if torch.distributed.is_initialized():  # else gloo's threads can abort the exit (SIGABRT)
+    torch.distributed.destroy_process_group()
