@@ -425,6 +425,55 @@ def test_watch_in_a_nanogpt_style_loop(tmp_path: Path) -> None:
         assert rec.metadata["optimizer"]["param_groups"][1]["weight_decay"] == 0.0
 
 
+class TwoBranches(torch.nn.Module):
+    """Two linear maps; a step may use both or only the first (the second gets no grad)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, both: bool) -> torch.Tensor:
+        return (self.a(x) + self.b(x) if both else self.a(x)).square().sum()
+
+
+def test_watch_with_a_grad_scaler_records_unscaled_grads_and_not_the_skipped_step(
+    tmp_path: Path,
+) -> None:
+    """An fp16-style loop with a GradScaler (scale 2^10): the recorded gradient is the one
+    ``scaler.unscale_`` hands the optimizer, not backward's scaled one. A step the scaler
+    skips on an inf is not recorded, and leaves nothing behind: the next step, whose loss
+    does not reach ``b``, records ``b``'s gradient as zero, not the skipped step's infs."""
+    model = TwoBranches()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    recorder = wordybird.StreamingRecorder(tmp_path / "rec.zarr")
+    run = wordybird.watch(
+        model, optimizer, recorder, parameters=["a.weight", "b.weight"], scaler=scaler
+    )
+    held, norms = [], []
+    for scale_loss, both in ((1.0, True), (math.inf, True), (1.0, False)):
+        scaler.scale(model(x, both) * scale_loss).backward()
+        scaler.unscale_(optimizer)
+        held.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        scaler.step(optimizer)  # skipped on the inf
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    run.close()
+
+    assert scaler.get_scale() == 2.0**9  # the inf halved it: the second step was skipped
+    with wordybird.open(tmp_path / "rec.zarr") as rec:
+        assert rec.steps.tolist() == [1, 2]  # optimizer steps taken: the skipped one is not
+        for step, taken in ((0, 0), (1, 2)):
+            assert_bits(rec["a.weight/grad"][step], held[taken]["a.weight"])
+            torch.testing.assert_close(rec["grad_norms"][step], norms[taken], rtol=1e-6, atol=0)
+        assert_bits(rec["b.weight/grad"][0], held[0]["b.weight"])
+        assert "b.weight" not in held[2]  # no gradient at all in the last step
+        assert_bits(rec["b.weight/grad"][1], torch.zeros(3, 4))
+
+
 # -- rows= ----------------------------------------------------------------------------------
 
 
@@ -513,7 +562,9 @@ def test_an_unknown_parameter_name_lists_close_matches(tmp_path: Path) -> None:
     assert "no parameter matching 'model.layers.0.q_proj'" in message
     assert "model.layers.0.self_attn.q_proj.weight" in message.split("; close: ")[1]
     with pytest.raises(WordybirdError, match="no parameter matching 'nothing.like.this.*'"):
-        wordybird.RecorderCallback(recorder, parameters=["nothing.like.this.*"])._install(model)
+        wordybird.RecorderCallback(recorder, parameters=["nothing.like.this.*"])._install(
+            model, optimizer
+        )
     recorder.close()
     assert not any(p._post_accumulate_grad_hooks for p in model.parameters())  # none left
 

@@ -17,7 +17,9 @@ its post-hook reads the parameters and the optimizer's state and hands the step 
 recorder. The gradients come from the parameters' post-accumulate-grad hooks, so the
 recorded gradient is the one backward produced: summed over accumulation micro-batches and
 before any clipping. A step whose ``optimizer.step()`` is skipped (an AMP grad scaler found
-an inf) is not recorded, because it did not happen.
+an inf) is not recorded, because it did not happen. A mixed-precision loop passes its
+``GradScaler`` (``scaler=``): backward's gradients are scaled by it, and are recorded
+unscaled, as the optimizer is given them.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class Watch:
         store_dtype: record values, gradients and state in this dtype (e.g. bf16 for fp32
             master weights: lossy, said in the metadata).
         record_every: record optimizer steps whose number is a multiple of this.
+        scaler: the loop's ``torch.amp.GradScaler``, if it scales the loss: the recorded
+            gradients and their norm are divided by its scale, as ``scaler.unscale_``
+            divides them for the optimizer (without it they would be recorded scaled).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class Watch:
         rows: Rows | Mapping[str, Rows] | None = None,
         store_dtype: torch.dtype | None = None,
         record_every: int = 1,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if record_every < 1:
             raise WordybirdError(f"record_every must be at least 1, got {record_every}")
@@ -84,7 +90,9 @@ class Watch:
         self.record_every = record_every
         #: the number of the last optimizer step taken (continuing a resumed recording)
         self.step = recorder.last_step or 0
-        self._taps = Taps(model, params, rows=rows_by_name(params, rows), store_dtype=store_dtype)
+        self._taps = Taps(
+            model, params, rows=rows_by_name(params, rows), store_dtype=store_dtype, scaler=scaler
+        )
         self._extra: dict[str, Any] = {}
         self._first = True
         self._handles = [

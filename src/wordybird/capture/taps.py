@@ -31,12 +31,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from wordybird.errors import WordybirdError
+
+if TYPE_CHECKING:
+    from torch.amp import GradScaler
 
 #: The notebook's names for Adam's moments.
 NOTEBOOK_STATE = {"momentum": "exp_avg", "variance": "exp_avg_sq"}
@@ -98,6 +101,9 @@ class Taps:
         rows: per parameter name, the sorted indices of the rows to record.
         store_dtype: record value, gradient and state tensors in this dtype (lossy when
             narrower, e.g. fp32 master weights as bf16); scalar state keeps its own.
+        scaler: the mixed-precision loop's gradient scaler (``torch.amp.GradScaler``):
+            backward then produces gradients multiplied by its scale, and they are recorded
+            divided by it, as ``scaler.unscale_`` gives them to the optimizer.
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class Taps:
         notebook: bool = False,
         rows: Mapping[str, torch.Tensor] | None = None,
         store_dtype: torch.dtype | None = None,
+        scaler: GradScaler | None = None,
     ) -> None:
         if notebook and len(parameters) != 1:
             raise WordybirdError("the notebook's layout records exactly one parameter")
@@ -115,6 +122,7 @@ class Taps:
         self.notebook = notebook
         self.rows = {name: index for name, index in (rows or {}).items()}
         self.store_dtype = store_dtype
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self._grads: dict[str, torch.Tensor] = {}
         self._grad_seen: set[str] = set()
         self._grad_sq_norms: dict[int, torch.Tensor] = {}
@@ -145,18 +153,29 @@ class Taps:
 
     def _collect(self) -> None:
         """Copy the recorded parameters' gradients and note every gradient's norm. With
-        accumulation, the last backward's collection holds the sum of the micro-batches."""
+        accumulation, the last backward's collection holds the sum of the micro-batches.
+
+        Each collection replaces the last one whole: a backward whose optimizer step never
+        came (a grad scaler skipped it on an inf) leaves nothing behind for the next step.
+        """
         self._collect_queued = False
         grads = {id(p): p.grad for p in self._trainable if p.grad is not None}
+        # as scaler.unscale_ does: grad * (1 / scale); a power of two, so the norm of the
+        # scaled gradient times it is the unscaled gradient's norm, without a copy
+        inv_scale = 1.0 if self.scaler is None else 1.0 / float(self.scaler.get_scale())
         # fp32 at least (bf16 grads), the grad's own dtype when wider (fp64)
         self._grad_sq_norms = {
-            key: torch.linalg.vector_norm(
-                g.detach(), dtype=torch.promote_types(g.dtype, torch.float32)
+            key: (
+                torch.linalg.vector_norm(
+                    g.detach(), dtype=torch.promote_types(g.dtype, torch.float32)
+                )
+                * inv_scale
             )
             .float()
             .square()
             for key, g in grads.items()
         }
+        self._grad_seen = set()
         for name, param in self.params.items():
             grad = grads.get(id(param))
             if grad is None:
@@ -167,6 +186,8 @@ class Taps:
                 self._grads[name].copy_(grad)
             else:
                 torch.index_select(grad, 0, index.to(grad.device), out=self._grads[name])
+            if self.scaler is not None:
+                self._grads[name].mul_(inv_scale)
             self._grad_seen.add(name)
 
     def remove(self) -> None:

@@ -120,7 +120,7 @@ class RecorderCallback(TrainerCallback):
         if logits is not None:
             self._logits = logits.detach()[0, -1].to(torch.bfloat16, copy=True)
 
-    def _install(self, model: nn.Module) -> None:
+    def _install(self, model: nn.Module, optimizer: Any) -> None:
         model = unwrap(model)
         self._handles.append(model.register_forward_hook(self._on_forward, with_kwargs=True))
         if not self._writes:
@@ -135,6 +135,8 @@ class RecorderCallback(TrainerCallback):
             notebook=self.parameters is None,
             rows=rows_by_name(params, self.rows),
             store_dtype=self.store_dtype,
+            # fp16 mixed precision: Accelerate's optimizer holds the loss scaler
+            scaler=getattr(optimizer, "scaler", None),
         )
         config = getattr(model, "config", None)
         first = next(iter(params.values()))
@@ -211,7 +213,7 @@ class RecorderCallback(TrainerCallback):
                 "create it on the main process only and pass None elsewhere (one store, one "
                 "writer)"
             )
-        self._install(model)
+        self._install(model, optimizer)
         if self._writes and self.record_initial and self._taps.can_record_initial(optimizer):
             self._record(state.global_step, optimizer, initial=True)
 
