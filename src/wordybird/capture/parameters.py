@@ -32,7 +32,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def select_parameters(
     model: nn.Module, choices: ParameterChoice | Iterable[ParameterChoice]
 ) -> dict[str, nn.Parameter]:
-    """The parameters ``choices`` name, in the model's order, each once.
+    """The parameters ``choices`` name, each once: in the order of the choices, and the
+    matches of one pattern or predicate in the model's order.
 
     Tied parameters are found under every name they have (GPT-2's ``lm_head.weight`` is
     ``transformer.wte.weight``) and recorded once, under the first name chosen. A name or
