@@ -474,6 +474,34 @@ def test_watch_with_a_grad_scaler_records_unscaled_grads_and_not_the_skipped_ste
         assert_bits(rec["b.weight/grad"][1], torch.zeros(3, 4))
 
 
+def test_watch_records_through_an_accelerate_prepared_optimizer(tmp_path: Path) -> None:
+    """``Accelerator.prepare`` wraps the optimizer (no step hooks of its own): watch hooks
+    the optimizer inside, and records its state bit for bit."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = tiny_llama()
+    model, optimizer = accelerator.prepare(model, _adamw(model.parameters()))
+    assert type(optimizer).__name__ == "AcceleratedOptimizer"
+    params = dict(model.named_parameters())
+    finals = []
+    with wordybird.watch(
+        model, optimizer, wordybird.StreamingRecorder(tmp_path / "rec.zarr"), parameters=THREE
+    ):
+        for ids in token_batches(3, 2):
+            accelerator.backward(model(input_ids=ids, labels=ids).loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            finals.append({n: state_copy(optimizer.optimizer, params[n]) for n in THREE})
+    with wordybird.open(tmp_path / "rec.zarr") as rec:
+        assert rec.steps.tolist() == [1, 2, 3]
+        for i, states in enumerate(finals):
+            for name in THREE:
+                for key, value in states[name].items():
+                    assert_bits(rec[f"{name}/{key}"][i], value)
+        assert rec.metadata["optimizer"]["class"] == "AdamW"
+
+
 # -- rows= ----------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ from wordybird.capture.parameters import (
     select_parameters,
     unwrap,
 )
-from wordybird.capture.taps import Taps, optimizer_metadata
+from wordybird.capture.taps import Taps, inner_optimizer, optimizer_metadata
 from wordybird.errors import WordybirdError
 from wordybird.recorder import StreamingRecorder
 
@@ -63,6 +63,7 @@ class Watch:
         scaler: the loop's ``torch.amp.GradScaler``, if it scales the loss: the recorded
             gradients and their norm are divided by its scale, as ``scaler.unscale_``
             divides them for the optimizer (without it they would be recorded scaled).
+            Accelerate's prepared optimizer brings its own.
     """
 
     def __init__(
@@ -79,10 +80,15 @@ class Watch:
     ) -> None:
         if record_every < 1:
             raise WordybirdError(f"record_every must be at least 1, got {record_every}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
+        # Accelerate's wrapper steps the optimizer inside only when a step is really taken
+        # (not while accumulating, not when its loss scaler skips one): hook that one
+        inner = inner_optimizer(optimizer)
+        if not isinstance(inner, torch.optim.Optimizer):
             raise WordybirdError(
                 f"watch() needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        if scaler is None:
+            scaler = getattr(optimizer, "scaler", None)  # Accelerate's, with fp16
         model = unwrap(model)
         params = select_parameters(model, parameters)
         self.recorder = recorder
@@ -96,8 +102,8 @@ class Watch:
         self._extra: dict[str, Any] = {}
         self._first = True
         self._handles = [
-            optimizer.register_step_pre_hook(self._before_step),
-            optimizer.register_step_post_hook(self._after_step),
+            inner.register_step_pre_hook(self._before_step),
+            inner.register_step_post_hook(self._after_step),
         ]
 
     def log(self, **fields: torch.Tensor | float) -> None:
