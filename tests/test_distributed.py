@@ -182,3 +182,64 @@ def test_wordybird_train_as_two_processes_records_what_one_process_records(runs:
                     assert same_bits(x, y), (field, step)
                 else:
                     assert bf16_ulps(x, y) <= ULPS, (field, step, bf16_ulps(x, y))
+
+
+def test_resume_and_continue_as_two_processes(runs: Path, tmp_path: Path) -> None:
+    """The real command: `train --resume` under accelerate launch and `continue` under
+    torchrun go on from checkpoint-2 of the two-process run exactly as that run went on."""
+    two = tmp_path / "two"
+    shutil.copytree(runs / "two", two)
+    shutil.rmtree(two / "checkpoint-4")  # killed after the checkpoint at step 2
+    accelerate = shutil.which("accelerate") or pytest.fail("accelerate is not on PATH")
+    done = launch(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no",
+         WORDYBIRD, "train", "--resume", "--out", str(two)],
+        1,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.startswith("Training complete: steps 3-4"), done.stdout
+    done = launch(
+        [WORDYBIRD, "continue", str(two / "checkpoint-2"), "--steps", "2",
+         "--schedule", "continue", "--out", str(tmp_path / "wb3")],
+        2,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "batch size: 4 (from the checkpoint's run); the global batch: 2 in each of 2 " in (
+        done.stdout
+    )
+    assert sorted(p.name for p in (tmp_path / "wb3").iterdir() if p.name.startswith(".")) == []
+    with (
+        wordybird.open(runs / "two" / "recording.zarr") as want,
+        wordybird.open(two / "recording.zarr") as resumed,
+        wordybird.open(tmp_path / "wb3" / "recording.zarr") as continued,
+    ):
+        assert resumed.steps.tolist() == [0, 1, 2, 3, 4] and continued.steps.tolist() == [2, 3, 4]
+        for field in want.fields:
+            for step in range(5):
+                assert same_bits(resumed[field][step], want[field][step]), (field, step)
+            for step in (3, 4):  # (its step 2 is its initial state: no gradient, no loss)
+                assert same_bits(continued[field][step - 2], want[field][step]), (field, step)
+
+    # one process cannot go on with two processes' random states: refused, nothing written
+    shutil.rmtree(two / "checkpoint-4")
+    before = sorted(p for p in two.rglob("*"))
+    done = launch([WORDYBIRD, "train", "--resume", "--out", str(two)], 1)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: {two / 'checkpoint-2'} was written by 2 processes and this run has 1 process: "
+        "each process goes on from its own saved random state (dropout masks, ...), so run it "
+        "as 2 processes"
+    ]
+    assert sorted(p for p in two.rglob("*")) == before
+
+
+def test_a_global_batch_that_the_processes_cannot_share_is_refused_once(tmp_path: Path) -> None:
+    done = launch([WORDYBIRD, *RUN, "--batch-size", "3", "--out", str(tmp_path / "run")], 2)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors == [
+        "error: --batch-size 3 is the global batch and does not split evenly across 2 "
+        "processes: give a multiple of 2"
+    ]
+    assert not (tmp_path / "run").exists()
