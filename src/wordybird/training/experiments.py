@@ -14,7 +14,10 @@ state, scheduler, RNG, skipping the batches already seen) serve all three:
   where the checkpoint left off, as an uninterrupted run's would (the notebook's fresh
   Trainer replayed the first batches). From weights only, a fresh Trainer starts at step 0.
 
-All three run with the Hugging Face libraries offline (:mod:`.offline`).
+All three run with the Hugging Face libraries offline (:mod:`.offline`), in one process or
+as several under torchrun or accelerate launch (:mod:`.processes`): then the main process
+prepares the run folder while the others wait, and only it returns the run's result (the
+others return None).
 """
 
 from __future__ import annotations
