@@ -88,18 +88,21 @@ EXACT = {"losses", "learning_rates"}
 ULPS = 4
 
 
-def launch(command: list[str], processes: int, trace: Path | None = None, **env: str):
-    """``command`` (a script and its arguments) in one process, or under torchrun."""
+def launch(
+    command: list[str], processes: int, trace: Path | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``command`` (a script and its arguments) in one process, or under torchrun; with
+    ``trace``, the folder where traced_wordybird.py writes its traces."""
     if processes > 1:
         torchrun = shutil.which("torchrun") or pytest.fail("torchrun is not on PATH")
         command = [torchrun, "--standalone", f"--nproc_per_node={processes}", *command]
     else:
         command = [sys.executable, *command]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if trace is not None:
         trace.mkdir()
         env["TRACE_DIR"] = str(trace)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
 def trace_of(trace: Path, rank: int, kind: str) -> list:
