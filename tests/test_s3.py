@@ -21,6 +21,7 @@ import torch
 import test_recorder_faults as faults
 import wordybird
 from test_analysis import V, wb1_and_wb3
+from test_distributed import WORDYBIRD, launch
 from test_recorder import same_bits
 from test_training_cli import TINY, wordybird_cli, write_corpus
 from wordybird import StreamingRecorder, WordybirdError
@@ -478,19 +479,9 @@ def test_analyze_finds_the_masks_beside_an_s3_recording(
 def test_train_to_s3_as_two_processes(bucket: str, endpoint: str, tmp_path: Path) -> None:
     """Under torchrun, the main process alone prepares the URL and the local run folder,
     records to the bucket and copies the run's files beside the recording."""
-    from test_distributed import WORDYBIRD, launch
-
     corpus = write_corpus(tmp_path / "toy.txt")
-    args = [
-        "train",
-        "--corpus",
-        str(corpus),
-        *RUN,
-        "--batch-size",
-        "4",
-        "--out",
-        f"s3://{bucket}/wb1",
-    ]
+    args = ["train", "--corpus", str(corpus), *RUN, "--batch-size", "4",
+            "--out", f"s3://{bucket}/wb1"]  # fmt: skip
     done = launch([WORDYBIRD, *args], 2, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("Training complete: steps 1-3") == 1, done.stdout
