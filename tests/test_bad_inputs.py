@@ -108,6 +108,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_other_model(LlamaForCausalLM(llama), w / "llama", checkpoint / "trainer_state.json")
     GPT2LMHeadModel.from_pretrained(checkpoint).save_pretrained(w / "weights-only")
     copy_checkpoint(checkpoint, w / "torn-run" / "checkpoint-2")
+    two = copy_checkpoint(checkpoint, w / "two-processes" / "checkpoint-2", drop=("rng_state.pth",))
+    for rank in (0, 1):  # as two processes save their random states
+        shutil.copy(checkpoint / "rng_state.pth", two / f"rng_state_{rank}.pth")
     (w / "torn-run" / "run.json").write_text('{"config": {"steps"')  # killed mid-write
     return w
 
@@ -234,6 +237,12 @@ CLI_REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
     "continue-smaller-vocabulary": (
         ("continue", "{w}/vocab-1000", "--fresh-optimizer", *CONTINUE),
         "outside the model's vocabulary of 1000",
+    ),
+    "continue-a-two-process-checkpoint": (
+        ("continue", "{w}/two-processes/checkpoint-2", *CONTINUE),
+        "two-processes/checkpoint-2 was written by 2 processes and this run has 1 process: "
+        "each process goes on from its own saved random state (dropout masks, ...), so run it "
+        "as 2 processes",
     ),
     "continue-weights-only": (
         ("continue", "{w}/weights-only", *CONTINUE),
@@ -563,17 +572,6 @@ def test_the_notebook_layout_refuses_rows_and_store_dtype(tmp_path: Path) -> Non
         pytest.raises(WordybirdError, match="rows= and store_dtype= need parameters="),
     ):
         wordybird.RecorderCallback(recorder, rows=[0, 1])
-
-
-def test_wordybird_train_refuses_to_run_as_several_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Under torchrun every process would prepare one run folder and open one recording."""
-    (tmp_path / "corpus.txt").write_text("some words " * 400)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(WordybirdError, match="run as one process, not 2: record a multi-process"):
-        train(config(tmp_path / "corpus.txt", steps=2), tmp_path / "wb1")
-    assert not (tmp_path / "wb1").exists()
 
 
 @pytest.mark.parametrize(

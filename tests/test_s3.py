@@ -21,6 +21,7 @@ import torch
 import test_recorder_faults as faults
 import wordybird
 from test_analysis import V, wb1_and_wb3
+from test_distributed import WORDYBIRD, launch
 from test_recorder import same_bits
 from test_training_cli import TINY, wordybird_cli, write_corpus
 from wordybird import StreamingRecorder, WordybirdError
@@ -473,3 +474,28 @@ def test_analyze_finds_the_masks_beside_an_s3_recording(
     assert len(missing.stderr.splitlines()) == 1
     given = wordybird_cli("analyze", url3, "--masks", masks_url, "--out", tmp_path / "a3")
     assert given.returncode == 0, given.stderr
+
+
+def test_train_to_s3_as_two_processes(bucket: str, endpoint: str, tmp_path: Path) -> None:
+    """Under torchrun, the main process alone prepares the URL and the local run folder,
+    records to the bucket and copies the run's files beside the recording."""
+    corpus = write_corpus(tmp_path / "toy.txt")
+    args = ["train", "--corpus", str(corpus), *RUN, "--batch-size", "4",
+            "--out", f"s3://{bucket}/wb1"]  # fmt: skip
+    done = launch([WORDYBIRD, *args], 2, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("Training complete: steps 1-3") == 1, done.stdout
+    local = tmp_path / "s3" / bucket / "wb1"
+    assert {p.name for p in local.iterdir()} == {*SMALL_FILES, "checkpoint-2", "checkpoint-3"}
+    assert {p.name for p in (local / "checkpoint-3").glob("rng_state*")} == {
+        "rng_state_0.pth", "rng_state_1.pth"
+    }  # fmt: skip
+    stored = keys(endpoint, bucket, "wb1/")
+    assert {k for k in stored if not k.startswith("wb1/recording.zarr/")} == {
+        f"wb1/{name}" for name in SMALL_FILES
+    }
+    for name in SMALL_FILES:
+        assert read_object(endpoint, bucket, f"wb1/{name}") == (local / name).read_bytes()
+    with wordybird.open(f"s3://{bucket}/wb1/recording.zarr") as rec:
+        assert rec.steps.tolist() == [0, 1, 2, 3]
+        assert rec.metadata["hyperparameters"]["processes"] == 2

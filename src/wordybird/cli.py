@@ -12,7 +12,7 @@ import sys
 import click
 
 from wordybird import __version__
-from wordybird.errors import WordybirdError
+from wordybird.errors import StoppedWithMain, WordybirdError
 
 #: modules of the optional extras -> the extra that installs them
 EXTRAS: dict[str, str] = {
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # without standalone mode, a command's ctx.exit(code) comes back as the return value
         code = cli.main(args=argv, standalone_mode=False)
+    except StoppedWithMain:
+        sys.exit(1)  # the main process prints the error
     except (WordybirdError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

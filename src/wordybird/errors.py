@@ -18,6 +18,12 @@ class DamagedRecordingError(WordybirdError):
     the field and the steps; the rest of the recording still reads."""
 
 
+class StoppedWithMain(WordybirdError):
+    """In a multi-process run, raised in the processes other than the main one when the main
+    one failed or was interrupted: the main process prints the error, the others exit
+    non-zero without repeating it."""
+
+
 def no_folder(folder: Path) -> str:
     """Why ``folder`` cannot take a new file: it does not exist, or it is a file.
 

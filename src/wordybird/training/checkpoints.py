@@ -21,6 +21,7 @@ from wordybird.errors import WordybirdError
 from wordybird.location import is_url
 from wordybird.training.config import CHECKPOINT_PREFIX, RunPlan
 from wordybird.training.model import ModelConfig
+from wordybird.training.processes import Processes
 from wordybird.training.schedules import WordybirdTrainer
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -95,7 +96,9 @@ def load_checkpoint_model(checkpoint: Path) -> GPT2LMHeadModel:
 
 def model_config_of(model: GPT2LMHeadModel) -> ModelConfig:
     cfg = model.config
-    return ModelConfig(cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_positions)
+    return ModelConfig(
+        cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.resid_pdrop
+    )
 
 
 def last_complete_checkpoint(out: Path) -> Path | None:
@@ -127,6 +130,28 @@ def trainer_state(checkpoint: Path) -> dict[str, Any]:
         raise WordybirdError(f"cannot read {path}: {exc}") from exc
 
 
+def check_process_count(checkpoint: Path, processes: int) -> None:
+    """Refuse to go on from ``checkpoint`` with another number of processes than wrote it.
+
+    The Trainer saves each process's random state (``rng_state.pth`` for one process,
+    ``rng_state_<rank>.pth`` for several) and on resuming, a process that finds no file of its
+    own only logs it and goes on from a fresh state: dropout would draw other masks than the
+    uninterrupted run, silently. A checkpoint without random state (weights only) fits any.
+    """
+    per_process = list(checkpoint.glob("rng_state_*.pth"))
+    saved = len(per_process) or (1 if (checkpoint / "rng_state.pth").is_file() else None)
+    if saved is not None and saved != processes:
+        raise WordybirdError(
+            f"{checkpoint} was written by {_processes(saved)} and this run has "
+            f"{_processes(processes)}: each process goes on from its own saved random state "
+            f"(dropout masks, ...), so run it as {_processes(saved)}"
+        )
+
+
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
+
+
 def torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -136,7 +161,7 @@ def torch_load(path: Path) -> Any:
 
 @contextmanager
 def staged_checkpoint(
-    source: Path, out: Path, trainer: WordybirdTrainer, plan: RunPlan
+    source: Path, out: Path, trainer: WordybirdTrainer, plan: RunPlan, processes: Processes
 ) -> Iterator[Path]:
     """A checkpoint folder in ``out`` that makes the Trainer's resume start exactly as
     planned; removed when the block ends.
@@ -144,13 +169,27 @@ def staged_checkpoint(
     Weights, RNG and trainer state are the source's (linked); ``optimizer.pt`` is the
     source's Adam state or, with ``plan.fresh_optimizer``, a fresh optimizer's, with the
     learning rate the plan's schedule gives at the starting step; ``scheduler.pt`` is the
-    plan's schedule at that step.
+    plan's schedule at that step. In a multi-process run the main process stages it and
+    removes it once every process is through the block; the others read it.
     """
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    staging = None
+    with processes.main_first():
+        if processes.is_main:
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+            try:
+                _stage(source, staging, trainer, plan)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    staging = processes.share(staging)
     try:
-        _stage(source, staging, trainer, plan)
         yield staging
-    finally:
+    except BaseException:
+        if processes.is_main:  # no waiting for the others: they stop with this process
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    processes.wait_for_everyone()
+    if processes.is_main:
         shutil.rmtree(staging, ignore_errors=True)
 
 

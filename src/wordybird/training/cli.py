@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from wordybird.clitypes import PathOrURL, storage_options
 from wordybird.errors import WordybirdError
+from wordybird.training.processes import is_main_process, process_count
 
 OUT_HELP = (
     "or an s3://bucket/prefix URL: the recording streams to <URL>/recording.zarr, beside "
@@ -38,7 +39,14 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--steps", type=int, default=100, show_default=True, help="Optimizer steps to run."
         ),
-        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Samples per optimizer step: under torchrun or accelerate launch, the global "
+            "batch, split evenly across the processes.",
+        ),
         click.option("--seed", type=int, default=42, show_default=True),
         click.option(
             "--record-every",
@@ -88,6 +96,7 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--n-layer", type=int, default=2, hidden=True),
         click.option("--n-head", type=int, default=2, hidden=True),
         click.option("--n-positions", type=int, default=128, hidden=True),
+        click.option("--dropout", type=float, default=0.1, hidden=True),
     ]
     for option in reversed(options):
         func = option(func)
@@ -114,6 +123,7 @@ def _config(options: dict[str, Any], learning_rate: float = 1e-3):
             n_layer=options["n_layer"],
             n_head=options["n_head"],
             n_positions=options["n_positions"],
+            dropout=options["dropout"],
         ),
     )
 
@@ -148,10 +158,12 @@ def train(out: Path | str, lr: float, resume: bool, **options: Any) -> None:
         result = experiments.resume(out, **places)
     else:
         _say_local_dir(out, options)
-        result = experiments.train(
-            _config(options, lr), out, overwrite=options["overwrite"], **places
-        )
-    click.echo(experiments.format_summary(result))
+        config = _config(options, lr)
+        if process_count() > 1:
+            _say(_setting_line("batch_size", config.batch_size, "given"))
+        result = experiments.train(config, out, overwrite=options["overwrite"], **places)
+    if result is not None:  # None: a process other than the main one, which prints
+        click.echo(experiments.format_summary(result))
 
 
 def _say_local_dir(out: Path | str, options: dict[str, Any]) -> None:
@@ -161,7 +173,7 @@ def _say_local_dir(out: Path | str, options: dict[str, Any]) -> None:
 
     if is_url(out):
         folder = RunFolder.of(out, options["local_dir"], options["storage_options"])
-        click.echo(
+        _say(
             f"local run folder: {folder.local} (checkpoints, run.json, token masks, summary; "
             "--local-dir to choose)"
         )
@@ -214,7 +226,7 @@ def continue_(
     given = [n for n in INHERITED if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
     config, sources = inherit_settings(checkpoint, _config(options), given)
     for name, source in sources.items():
-        click.echo(_setting_line(name, getattr(config, name), source))
+        _say(_setting_line(name, getattr(config, name), source))
     _say_local_dir(out, options)
     result = experiments.continue_training(
         checkpoint,
@@ -226,15 +238,27 @@ def continue_(
         local_dir=options["local_dir"],
         storage_options=options["storage_options"],
     )
-    click.echo(experiments.format_summary(result))
+    if result is not None:
+        click.echo(experiments.format_summary(result))
+
+
+def _say(line: str) -> None:
+    """Print ``line`` once: in the main process of a multi-process run."""
+    if is_main_process():
+        click.echo(line)
 
 
 def _setting_line(name: str, value: object, source: str) -> str:
-    """``batch size: 2 (from the checkpoint's run)``, ``seed: 7 (from --seed)``, …"""
+    """``batch size: 2 (from the checkpoint's run)``, ``seed: 7 (from --seed)``, …; under a
+    launcher, the batch size says how the processes share it."""
     label = {"batch_size": "batch size", "mode": "recording mode"}.get(name, name)
     shown = "the Python stdlib's documentation" if value is None else value
     origin = {"run": "from the checkpoint's run", "given": f"from --{name.replace('_', '-')}"}
-    return f"{label}: {shown} ({origin.get(source, 'default')})"
+    line = f"{label}: {shown} ({origin.get(source, 'default')})"
+    processes = process_count()
+    if name == "batch_size" and processes > 1:
+        line += f"; the global batch: {value / processes:g} in each of {processes} processes"
+    return line
 
 
 @click.command()

@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,8 +56,12 @@ def show_progress(trainer: Trainer) -> None:
 class RunControl(TrainerCallback):
     """Ctrl-C stops after the current step with a checkpoint; times the run's steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, any_process: Callable[[bool], bool] = bool) -> None:
+        """``any_process``: in a multi-process run, whether a flag is set in any process
+        (:meth:`~wordybird.training.processes.Processes.any_process`), so that a Ctrl-C that
+        reaches the processes at different moments stops them all after the same step."""
         self.interrupted = False
+        self._any_process = any_process
         self.started = math.nan
         self.ended = math.nan
         self.first_step: int | None = None
@@ -69,6 +73,7 @@ class RunControl(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs: Any) -> None:
         self.last_step = state.global_step
+        self.interrupted = self._any_process(self.interrupted)
         if self.interrupted:
             control.should_training_stop = True
             control.should_save = True

@@ -14,7 +14,10 @@ state, scheduler, RNG, skipping the batches already seen) serve all three:
   where the checkpoint left off, as an uninterrupted run's would (the notebook's fresh
   Trainer replayed the first batches). From weights only, a fresh Trainer starts at step 0.
 
-All three run with the Hugging Face libraries offline (:mod:`.offline`).
+All three run with the Hugging Face libraries offline (:mod:`.offline`), in one process or
+as several under torchrun or accelerate launch (:mod:`.processes`): then the main process
+prepares the run folder while the others wait, and only it returns the run's result (the
+others return None).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from wordybird.errors import WordybirdError
 from wordybird.location import Location, is_url
 from wordybird.training.checkpoints import (
+    check_process_count,
     is_weights_only,
     last_complete_checkpoint,
     list_checkpoints,
@@ -51,7 +55,8 @@ from wordybird.training.config import (
 from wordybird.training.continuing import plan_continue
 from wordybird.training.model import build_model
 from wordybird.training.offline import offline
-from wordybird.training.run import RunData, refuse_multi_process, run
+from wordybird.training.processes import launched_processes, per_process_batch
+from wordybird.training.run import RunData, run
 from wordybird.training.schedules import LinearDecay
 from wordybird.training.summary import format_summary
 
@@ -66,7 +71,7 @@ def train(
     overwrite: bool = False,
     local_dir: str | os.PathLike[str] | None = None,
     storage_options: Mapping[str, str] | None = None,
-) -> RunResult:
+) -> RunResult | None:
     """WB1/WB2: train a fresh model for ``config.steps`` steps, recording into ``out``.
 
     ``out`` is the run folder, or an ``s3://bucket/prefix`` URL: then the recording streams
@@ -75,20 +80,24 @@ def train(
     those (run.json, the token masks, the summary) go beside the recording.
     ``storage_options`` (obstore's S3 settings) reach the bucket; they are written nowhere.
     """
-    refuse_multi_process()
-    config.validate()
-    config = config.with_absolute_corpus()
-    folder = RunFolder.of(out, local_dir, storage_options)
-    data = RunData.load(config)
-    _prepare_out(folder, overwrite=overwrite)
-    plan = RunPlan(
-        config,
-        start_step=0,
-        base_lr=config.learning_rate,
-        schedule=vars(LinearDecay(0, config.steps)),
-        remote=_url(folder),
-    )
-    return run(plan, folder, build_model(config.model, config.seed), data)
+    with launched_processes() as processes:
+        with processes.main_first():
+            config.validate()
+            per_process_batch(config.batch_size, processes.count)
+            config = config.with_absolute_corpus()
+            folder = RunFolder.of(out, local_dir, storage_options)
+            data = RunData.load(config)
+            if processes.is_main:
+                _prepare_out(folder, overwrite=overwrite)
+        plan = RunPlan(
+            config,
+            start_step=0,
+            base_lr=config.learning_rate,
+            schedule=vars(LinearDecay(0, config.steps)),
+            remote=_url(folder),
+        )
+        model = build_model(config.model, config.seed)
+        return run(plan, folder, model, data, processes)
 
 
 @offline()
@@ -97,14 +106,30 @@ def resume(
     *,
     local_dir: str | os.PathLike[str] | None = None,
     storage_options: Mapping[str, str] | None = None,
-) -> RunResult:
+) -> RunResult | None:
     """Continue an interrupted run from its last checkpoint, recording seamlessly.
 
     ``out`` is the run folder, or the ``s3://`` URL the run was started with (its run folder
     being ``local_dir``, by default the one ``train`` picks); a run folder whose run records
     to a URL resumes there too. ``storage_options``: as for :func:`train`.
     """
-    refuse_multi_process()
+    with launched_processes() as processes:
+        with processes.main_first():
+            folder, plan, checkpoint = _resumable(out, local_dir, storage_options)
+            per_process_batch(plan.config.batch_size, processes.count)
+            check_process_count(checkpoint, processes.count)
+            model = load_checkpoint_model(checkpoint)
+            data = RunData.load(plan.config)
+        return run(plan, folder, model, data, processes, resume_from=checkpoint)
+
+
+def _resumable(
+    out: str | os.PathLike[str],
+    local_dir: str | os.PathLike[str] | None,
+    storage_options: Mapping[str, str] | None,
+) -> tuple[RunFolder, RunPlan, Path]:
+    """The run to resume in ``out``: its folder, its plan and its last complete checkpoint;
+    refused unless there is one to go on from."""
     folder = RunFolder.of(out, local_dir, storage_options if is_url(out) else None)
     plan = read_run_file(folder.local)
     if plan is None:
@@ -129,8 +154,7 @@ def resume(
         )
     if step_of(checkpoint) >= plan.end_step:
         raise WordybirdError(f"{out} is already complete: {checkpoint} is its last step")
-    model = load_checkpoint_model(checkpoint)
-    return run(plan, folder, model, RunData.load(plan.config), resume_from=checkpoint)
+    return folder, plan, checkpoint
 
 
 @offline()
@@ -144,7 +168,7 @@ def continue_training(
     overwrite: bool = False,
     local_dir: str | os.PathLike[str] | None = None,
     storage_options: Mapping[str, str] | None = None,
-) -> RunResult:
+) -> RunResult | None:
     """WB3: continue from a checkpoint for ``config.steps`` more steps.
 
     Weights, Adam state (unless ``fresh_optimizer``), RNG and the data position come from
@@ -155,18 +179,23 @@ def continue_training(
     :func:`~wordybird.training.continuing.plan_continue`. ``out``, ``local_dir`` and
     ``storage_options``: as for :func:`train` (the checkpoint is a local folder).
     """
-    refuse_multi_process()
-    config.validate()
-    checkpoint = local_checkpoint(checkpoint)
-    folder = RunFolder.of(out, local_dir, storage_options)
-    plan, model = plan_continue(
-        checkpoint, config, schedule=schedule, fresh_optimizer=fresh_optimizer
-    )
-    plan = replace(plan, remote=_url(folder))
-    data = RunData.load(plan.config)
-    _prepare_out(folder, overwrite=overwrite, keep=checkpoint)
-    stage_from = None if is_weights_only(checkpoint) else checkpoint
-    return run(plan, folder, model, data, stage_from=stage_from)
+    with launched_processes() as processes:
+        with processes.main_first():
+            config.validate()
+            per_process_batch(config.batch_size, processes.count)
+            checkpoint = local_checkpoint(checkpoint)
+            folder = RunFolder.of(out, local_dir, storage_options)
+            plan, model = plan_continue(
+                checkpoint, config, schedule=schedule, fresh_optimizer=fresh_optimizer
+            )
+            plan = replace(plan, remote=_url(folder))
+            stage_from = None if is_weights_only(checkpoint) else checkpoint
+            if stage_from is not None:
+                check_process_count(stage_from, processes.count)
+            data = RunData.load(plan.config)
+            if processes.is_main:
+                _prepare_out(folder, overwrite=overwrite, keep=checkpoint)
+        return run(plan, folder, model, data, processes, stage_from=stage_from)
 
 
 def _url(folder: RunFolder) -> str | None:

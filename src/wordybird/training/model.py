@@ -31,8 +31,12 @@ class ModelConfig:
     n_layer: int = 2
     n_head: int = 2
     n_positions: int = 128
+    #: GPT-2's dropout (residual, embedding and attention). Each process of a multi-process
+    #: run draws its own masks, so only without dropout does such a run train exactly as
+    #: one process with the same global batch.
+    dropout: float = 0.1
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -52,6 +56,9 @@ def build_model(config: ModelConfig, seed: int, param_dtype: torch.dtype = torch
         n_head=config.n_head,
         n_positions=config.n_positions,
         n_ctx=config.n_positions,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
     )
     return GPT2LMHeadModel(gpt2).to(param_dtype)
 

@@ -10,7 +10,6 @@ run goes on, or after it was interrupted.
 
 from __future__ import annotations
 
-import os
 import platform
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from transformers import GPT2LMHeadModel, TrainingArguments
 
-from wordybird.errors import WordybirdError
+from wordybird.errors import StoppedWithMain, WordybirdError
 from wordybird.location import Location
 from wordybird.recorder import StreamingRecorder
 from wordybird.training.callback import RecorderCallback
@@ -46,6 +45,7 @@ from wordybird.training.data import (
     tokenize,
 )
 from wordybird.training.model import compute_in, resolve_compute_dtype
+from wordybird.training.processes import Processes, per_process_batch
 from wordybird.training.schedules import WordybirdTrainer
 from wordybird.training.summary import summarize
 
@@ -77,43 +77,53 @@ def run(
     folder: RunFolder,
     model: GPT2LMHeadModel,
     data: RunData,
+    processes: Processes,
     *,
     resume_from: Path | None = None,
     stage_from: Path | None = None,
-) -> RunResult:
+) -> RunResult | None:
     """Train ``model`` from ``plan.start_step`` to ``plan.end_step`` into ``folder``.
 
     Where the Trainer's state comes from: ``resume_from``, a checkpoint of this run
     (``--resume``: the recording is cut back to it and goes on); ``stage_from``, another
     run's checkpoint (``continue``: the Trainer resumes a staged copy whose optimizer and
     scheduler state are the plan's); neither, a fresh Trainer (``train``, or ``continue``
-    from weights only).
+    from weights only). In a multi-process run, only the main process writes the run's
+    files and the recording, and only it returns a result (the others return None).
     """
     c = plan.config
     out = folder.local
-    save_token_masks(data.masks, out / MASKS)
-    write_run_file(out, plan)
-    folder.upload(MASKS, RUN_FILE)
+    if processes.is_main:
+        save_token_masks(data.masks, out / MASKS)
+        write_run_file(out, plan)
+        folder.upload(MASKS, RUN_FILE)
 
-    compute = resolve_compute_dtype(c.compute_dtype, _device())
+    device = _device()
+    compute = resolve_compute_dtype(c.compute_dtype, device)
     compute_in(model, compute)
-    control = RunControl()
+    control = RunControl(processes.any_process)
     trainer = WordybirdTrainer(
         model=model,
-        args=_training_args(plan, out, compute),
+        args=_training_args(plan, out, compute, processes.count, device),
         train_dataset=data.dataset,
         lr_factor=plan.lr_factor(),
         callbacks=[control],
     )
     show_progress(trainer)
 
-    start = staged_checkpoint(stage_from, out, trainer, plan) if stage_from else nullcontext()
+    start = (
+        staged_checkpoint(stage_from, out, trainer, plan, processes)
+        if stage_from
+        else nullcontext()
+    )
     with start as staged:
         recorder: RecorderCallback | None = None
         if c.record_every is not None:
-            recorder = _recorder_callback(
-                plan, folder.recording, _metadata(plan, data), resume_from
-            )
+            metadata = _metadata(plan, data, processes.count)
+            with processes.main_first():
+                recorder = _recorder_callback(
+                    plan, folder.recording, metadata, resume_from, processes
+                )
             trainer.add_callback(recorder)
         resume_at = staged or resume_from
         try:
@@ -129,13 +139,17 @@ def run(
 
     last = trainer.state.global_step
     checkpoint = out / f"{CHECKPOINT_PREFIX}{last}"
+    if not processes.is_main:
+        if control.interrupted:
+            raise StoppedWithMain(f"interrupted after step {last}")
+        return None
     if control.interrupted:
         committed = ""
         if recorder is not None:
             committed = f"steps up to {last} are committed in {folder.recording}; "
         raise WordybirdError(
             f"interrupted after step {last}: {committed}checkpoint written to {checkpoint}; "
-            f"continue with {_resume_command(folder)}"
+            f"continue with {_resume_command(folder, processes.count)}"
         )
     summary = summarize(out, trainer, control, plan, folder.recording if recorder else None)
     folder.upload(SUMMARY)
@@ -143,34 +157,32 @@ def run(
     return RunResult(out, first, last, control.seconds_per_step, checkpoint, summary)
 
 
-def refuse_multi_process() -> None:
-    """``wordybird train``/``continue`` run as one process. Under torchrun or accelerate
-    launch every process would prepare the same run folder and open the same recording;
-    a Trainer script of one's own records multi-process runs (README, "Scaling out")."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        raise WordybirdError(
-            f"wordybird train/continue run as one process, not {world}: record a "
-            "multi-process run from your own Trainer script with RecorderCallback (README, "
-            "Scaling out)"
-        )
-
-
-def _resume_command(folder: RunFolder) -> str:
-    """The command that resumes the run in ``folder``."""
+def _resume_command(folder: RunFolder, processes: int) -> str:
+    """The command that resumes the run in ``folder``, as many processes as it ran."""
+    launch = "wordybird"
+    if processes > 1:
+        launch = f"torchrun --nproc_per_node={processes} $(which wordybird)"
     if folder.remote is None:
-        return f"`wordybird train --resume --out {folder.local}`"
-    command = f"`wordybird train --resume --out {folder.remote} --local-dir {folder.local}`"
+        return f"`{launch} train --resume --out {folder.local}`"
+    command = f"`{launch} train --resume --out {folder.remote} --local-dir {folder.local}`"
     if folder.remote.options:  # not repeated here: they may hold credentials
         command += " with the same --storage-option settings"
     return command
 
 
 def _recorder_callback(
-    plan: RunPlan, path: Location, metadata: dict[str, Any], resume_from: Path | None
+    plan: RunPlan,
+    path: Location,
+    metadata: dict[str, Any],
+    resume_from: Path | None,
+    processes: Processes,
 ) -> RecorderCallback:
-    """A new recording, or, resuming, the run's recording cut back to the checkpoint."""
+    """A new recording, or, resuming, the run's recording cut back to the checkpoint; in a
+    multi-process run, only in the main process (the others' callbacks record nothing)."""
     c = plan.config
+    record_initial = resume_from is None
+    if not processes.is_main:
+        return RecorderCallback(None, record_every=c.record_every, record_initial=record_initial)
     where, options = path.local or path.text, dict(path.options) or None
     if resume_from is None:
         recorder = StreamingRecorder(
@@ -186,9 +198,7 @@ def _recorder_callback(
             with suppress(WordybirdError):
                 recorder.close()
             raise
-    return RecorderCallback(
-        recorder, record_every=c.record_every, record_initial=resume_from is None
-    )
+    return RecorderCallback(recorder, record_every=c.record_every, record_initial=record_initial)
 
 
 def _cut_recording(recorder: StreamingRecorder, checkpoint: Path, plan: RunPlan) -> None:
@@ -212,12 +222,20 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _training_args(plan: RunPlan, out: Path, compute: torch.dtype) -> TrainingArguments:
+def _training_args(
+    plan: RunPlan, out: Path, compute: torch.dtype, processes: int, device: torch.device
+) -> TrainingArguments:
+    """The Trainer's settings. ``--batch-size`` is the global batch: each of ``processes``
+    takes its share of every batch of one permutation (Accelerate's seedable sampler, seeded
+    alike in every process, is what one process also uses), so every step trains on the same
+    samples, in the same order, as one process would with the whole batch. Several
+    processes on CPUs need ``use_cpu``: without it the Trainer does not train them as one
+    (distributed) run but as independent copies."""
     c = plan.config
     return TrainingArguments(
         output_dir=str(out),
         max_steps=plan.end_step,
-        per_device_train_batch_size=c.batch_size,
+        per_device_train_batch_size=per_process_batch(c.batch_size, processes),
         learning_rate=plan.base_lr,
         weight_decay=c.weight_decay,
         adam_beta1=c.adam_beta1,
@@ -234,12 +252,14 @@ def _training_args(plan: RunPlan, out: Path, compute: torch.dtype) -> TrainingAr
         seed=c.seed,
         report_to="none",
         disable_tqdm=False,
+        use_cpu=processes > 1 and device.type == "cpu",
+        ddp_find_unused_parameters=False,  # GPT-2 uses every parameter in every step
     )
 
 
-def _metadata(plan: RunPlan, data: RunData) -> dict[str, Any]:
-    """The recording's metadata: the notebook's scalars, the run's settings and plan, the
-    corpus and the library versions."""
+def _metadata(plan: RunPlan, data: RunData, processes: int) -> dict[str, Any]:
+    """The recording's metadata: the notebook's scalars, the run's settings and plan (with
+    the number of processes that trained it), the corpus and the library versions."""
     c = plan.config
     return {
         # the notebook's scalars, under its names
@@ -258,6 +278,7 @@ def _metadata(plan: RunPlan, data: RunData) -> dict[str, Any]:
             "lr_schedule": plan.schedule,
             "param_dtype": "bfloat16",
             "end_step": plan.end_step,
+            "processes": processes,
         },
         "corpus": {
             "source": data.corpus.source,
