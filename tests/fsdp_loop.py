@@ -3,10 +3,10 @@
 Modes:
 - ``one``: one process, no sharding, the whole global batch (the reference);
 - ``fsdp2``: under ``torchrun --nproc_per_node=N``, the model sharded by ``fully_shard``,
-  each process taking its 1/N of every global batch (the same samples, in order);
-- ``refusals``: under torchrun, what is not supported (FSDP1, a DTensor sharded on dim 1,
-  the Trainer's callback on FSDP2 parameters, recorders on the wrong processes); prints
-  each refusal's message as one ``refused: ...`` line.
+  each process taking its 1/N of every global batch (the same samples, in order); then, in
+  the same process group, what is not supported (FSDP1, a DTensor sharded on dim 1, the
+  Trainer's callback on FSDP2 parameters, recorders on the wrong processes), printing each
+  refusal's message as one ``refused: ...`` line (stores of those under OUT/refusals).
 
 Usage: fsdp_loop.py OUT MODE
 """
@@ -93,7 +93,8 @@ def refusals() -> None:
         optimizer = torch.optim.AdamW(model.parameters())
         wordybird.watch(model, optimizer, recorder, parameters=["*wte*"])
 
-    recorder = wordybird.StreamingRecorder(os.path.join(out, f"rec{rank}.zarr"))
+    os.makedirs(os.path.join(out, "refusals"), exist_ok=True)
+    recorder = wordybird.StreamingRecorder(os.path.join(out, "refusals", f"rec{rank}.zarr"))
     here = recorder if rank == 0 else None
     refused(lambda: watch(FullyShardedDataParallel(tiny_gpt2(), device_id="cpu"), here))
     refused(
@@ -109,6 +110,8 @@ def refusals() -> None:
     refused(lambda: callback.on_train_begin(args, state, None, model=sharded, optimizer=None))
 
 
-train() if mode != "refusals" else refusals()
+train()
+if mode == "fsdp2":
+    refusals()
 if dist.is_initialized():  # else gloo's threads can abort the exit (SIGABRT)
     dist.destroy_process_group()
