@@ -83,6 +83,18 @@ def refused(attempt) -> None:
         print("accepted", flush=True)
 
 
+class RowNormSGD(torch.optim.SGD):
+    """SGD keeping, besides, a plain tensor of this process's own rows' gradient norms:
+    optimizer state that is no DTensor, so which rows it covers is unknown to a recorder."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["row_norms"] = p.grad.to_local().norm(dim=-1)
+        return super().step(closure)
+
+
 def refusals() -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.tensor import Shard
@@ -93,6 +105,14 @@ def refusals() -> None:
         optimizer = torch.optim.AdamW(model.parameters())
         wordybird.watch(model, optimizer, recorder, parameters=["*wte*"])
 
+    def local_state(recorder: wordybird.StreamingRecorder | None) -> None:
+        model = shard(tiny_gpt2())
+        optimizer = RowNormSGD(model.parameters(), lr=0.1)
+        wordybird.watch(model, optimizer, recorder, parameters=["*wte*"])
+        batch = torch.arange(16).reshape(1, 16)
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()  # the recorded step: refused before any gather
+
     os.makedirs(os.path.join(out, "refusals"), exist_ok=True)
     recorder = wordybird.StreamingRecorder(os.path.join(out, "refusals", f"rec{rank}.zarr"))
     here = recorder if rank == 0 else None
@@ -102,6 +122,7 @@ def refusals() -> None:
     )
     # rank 0 without a recorder, rank 1 with one: both refuse before any collective
     refused(lambda: watch(tiny_gpt2(), recorder if rank == 1 else None))
+    refused(lambda: local_state(here))
     recorder.close()
     sharded = shard(tiny_gpt2())
     callback = RecorderCallback(None if rank else object(), parameters=["*wte*"])

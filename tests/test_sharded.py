@@ -82,7 +82,14 @@ def test_fsdp2_records_the_whole_tensors_one_process_records(tmp_path: Path) -> 
         "process 1 of 2 was given a recorder: create it on the main process only and pass "
         "None elsewhere (one store, one writer)",
     ]
-    assert refused == sorted(f"refused: {m}" for m in [*expected, *expected, *wrong_recorders])
+    local_state = [  # each process its own rows: 49 and 48
+        f"RowNormSGD's 'row_norms' for the sharded transformer.wte.weight is not a DTensor of "
+        f"its shape (shape ({rows},)); {SUPPORTED}, with optimizer state of the parameter's "
+        "shape or scalars"
+        for rows in (49, 48)
+    ]
+    everything = [*expected, *expected, *wrong_recorders, *local_state]
+    assert refused == sorted(f"refused: {message}" for message in everything)
 
 
 class ZeroStage2:

@@ -378,20 +378,15 @@ class Taps:
                 torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(param)
             )
         value = value.detach()
-        if name in self.shards and value.dim() and not is_dtensor(value):
-            raise WordybirdError(  # a plain tensor: this process's own, or a copy? unknown
-                f"{type(inner).__name__}'s {key!r} for the sharded {name} is not sharded like "
-                f"it (shape {tuple(value.shape)}); {SUPPORTED} with state of the parameter's "
-                "shape or scalars"
+        sharded_like_it = is_dtensor(value) and value.shape == param.shape
+        if name in self.shards and value.dim() and not sharded_like_it:  # its rows: unknown
+            raise WordybirdError(
+                f"{type(inner).__name__}'s {key!r} for the sharded {name} is not a DTensor "
+                f"of its shape (shape {tuple(value.shape)}); {SUPPORTED}, with optimizer "
+                "state of the parameter's shape or scalars"
             )
         if value.shape == param.shape:  # a DTensor's shape is the whole tensor's
             value = self._recorded_rows(name, value)
-        elif name in self.shards and value.dim():
-            raise WordybirdError(
-                f"{type(inner).__name__}'s {key!r} for the sharded {name} has shape "
-                f"{tuple(value.shape)}, not the parameter's; {SUPPORTED} with state of the "
-                "parameter's shape or scalars"
-            )
         return value
 
 
