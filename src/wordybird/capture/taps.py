@@ -19,6 +19,11 @@ Two layouts of fields:
   group holds none, as transformers' ``Adafactor`` with ``relative_step=True``) and
   ``<name>/rows`` (with ``rows=``), and ``grad_norms``.
 
+Under FSDP2 each process's hooks see its rows of a parameter, their reduce-scattered
+gradient and their state; ``shards.py`` gathers the recorded ones whole to the main process
+(every process calls :meth:`Taps.fields` for the same steps) and the global norm sums every
+process's shards.
+
 Only state the optimizer really holds is recorded. Adam and AdamW define theirs to start at
 zero (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and create it at a
 parameter's first update, so before that update zero is its true value. Any other missing
