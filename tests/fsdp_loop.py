@@ -57,21 +57,27 @@ def train() -> None:
         model = shard(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     tokens = torch.randint(97, (16, 16), generator=torch.Generator().manual_seed(1))
-    recorder = wordybird.StreamingRecorder(os.path.join(out, "rec.zarr")) if rank == 0 else None
     mine = GLOBAL_BATCH // world
-    with wordybird.watch(model, optimizer, recorder, parameters=PARAMETERS, rows=ROWS) as run:
-        for step in range(4):
-            batch = tokens[step * GLOBAL_BATCH + rank * mine :][:mine]
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            loss = loss.detach()
-            if world > 1:  # the global batch's mean, as one process computes it
-                dist.all_reduce(loss)
-                loss /= world
-            run.log(losses=loss)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)  # the record is pre-clip
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    # step 1, then the recording resumed for steps 2-4, recording every other one (2 and 4):
+    # the processes must agree on the step count the main one resumes from
+    for steps, every in ((range(1), 1), (range(1, 4), 2)):
+        path = os.path.join(out, "rec.zarr")
+        recorder = wordybird.StreamingRecorder(path, resume=steps[0] > 0) if rank == 0 else None
+        with wordybird.watch(
+            model, optimizer, recorder, parameters=PARAMETERS, rows=ROWS, record_every=every
+        ) as run:
+            for step in steps:
+                batch = tokens[step * GLOBAL_BATCH + rank * mine :][:mine]
+                loss = model(input_ids=batch, labels=batch).loss
+                loss.backward()
+                loss = loss.detach()
+                if world > 1:  # the global batch's mean, as one process computes it
+                    dist.all_reduce(loss)
+                    loss /= world
+                run.log(losses=loss)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)  # the record: pre-clip
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
 
 def refused(attempt) -> None:
