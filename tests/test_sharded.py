@@ -6,7 +6,7 @@ processes under ``fully_shard``, each holding half of every parameter's rows (49
 the embedding's 97) and taking half of each global batch. The main process gathers the
 whole tensors, so the two recordings agree: exactly where nothing is reduced (step and
 learning-rate counters, rows), and to float32 rounding elsewhere, the two runs summing in
-different orders: at most 8.1e-6 of a field's largest magnitude, measured (a shard would
+different orders: at most 8.0e-6 of a field's largest magnitude, measured (a shard would
 have half the rows; the main process's own half-batch gradient would be off by tens of
 percent). The recording is resumed after step 1 and then taken every other step, so the
 processes must agree on the step the main one resumes from (else their collectives
