@@ -58,7 +58,7 @@ class OwnRowsWriter:
     store in the background; the main process commits a step once every process marked it.
     """
 
-    def __init__(self, path: Path, steps: int, param: Any, rank: int, world: int) -> None:
+    def __init__(self, path: Path, steps: int, rank: int, world: int) -> None:
         import torch.distributed as dist
         import zarr
 
@@ -137,7 +137,7 @@ def worker(run: str, steps: int, out: Path) -> None:
         )
         watch = wordybird.watch(model, optimizer, recorder, parameters=[WTE])
     elif run == "own-rows":
-        own = OwnRowsWriter(out / "rec.zarr", steps, param, rank, world)
+        own = OwnRowsWriter(out / "rec.zarr", steps, rank, world)
     dist.barrier()
     begin = time.perf_counter()
     step_times = []
