@@ -102,6 +102,7 @@ class RowNormSGD(torch.optim.SGD):
 
 
 def refusals() -> None:
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.tensor import Shard
 
@@ -126,6 +127,8 @@ def refusals() -> None:
     refused(
         lambda: watch(shard(tiny_gpt2(), shard_placement_fn=lambda p: Shard(p.dim() - 1)), here)
     )
+    alone = init_device_mesh("cpu", (1, world), mesh_dim_names=("alone", "all"))["alone"]
+    refused(lambda: watch(shard(tiny_gpt2(), mesh=alone), here))  # each process on its own
     # rank 0 without a recorder, rank 1 with one: both refuse before any collective
     refused(lambda: watch(tiny_gpt2(), recorder if rank == 1 else None))
     refused(lambda: local_state(here))

@@ -111,11 +111,11 @@ def _check_placement(name: str, param: DTensor) -> None:
             f"{name} is a DTensor placed as {tuple(param.placements)} on a {mesh.ndim}-D "
             f"mesh, which is not supported: {SUPPORTED}"
         )
-    if mesh.size() != dist.get_world_size() or dist.get_global_rank(mesh.get_group(), 0) != 0:
+    first = dist.get_global_rank(mesh.get_group(), 0)  # the main process must be, to record
+    if mesh.size() != dist.get_world_size() or first != 0:
         raise WordybirdError(
             f"{name} is sharded over {mesh.size()} of the {dist.get_world_size()} processes, "
-            f"its first shard on process {dist.get_global_rank(mesh.get_group(), 0)}; "
-            f"{SUPPORTED}, in order"
+            f"its first rows on process {first}, which is not supported: {SUPPORTED}"
         )
 
 
