@@ -4,9 +4,10 @@ Modes:
 - ``one``: one process, no sharding, the whole global batch (the reference);
 - ``fsdp2``: under ``torchrun --nproc_per_node=N``, the model sharded by ``fully_shard``,
   each process taking its 1/N of every global batch (the same samples, in order); then, in
-  the same process group, what is not supported (FSDP1, a DTensor sharded on dim 1, the
-  Trainer's callback on FSDP2 parameters, recorders on the wrong processes), printing each
-  refusal's message as one ``refused: ...`` line (stores of those under OUT/refusals).
+  the same process group, what is not supported (FSDP1, a DTensor sharded on dim 1, each
+  process sharding over a mesh of its own, recorders on the wrong processes, optimizer state
+  that is no DTensor, the Trainer's callback on FSDP2 parameters), printing each refusal's
+  message as one ``refused: ...`` line (stores of those under OUT/refusals).
 
 Usage: fsdp_loop.py OUT MODE
 """
