@@ -20,6 +20,12 @@ before any clipping. A step whose ``optimizer.step()`` is skipped (an AMP grad s
 an inf) is not recorded, because it did not happen. A mixed-precision loop passes its
 ``GradScaler`` (``scaler=``): backward's gradients are scaled by it, and are recorded
 unscaled, as the optimizer is given them.
+
+In a multi-process run the main process (rank 0) records and the others pass ``None`` for
+the recorder. Under DDP they need no ``watch`` at all (the gradients are already averaged
+everywhere); under FSDP2 every process must call it, because each holds only its rows of
+the parameters, which it sends to the main one at every recorded step
+(``wordybird.capture.shards``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wordybird.capture import shards
 from wordybird.capture.parameters import (
     ParameterChoice,
     Rows,
@@ -53,6 +60,8 @@ class Watch:
     are numbered by optimizer step from 1 (after a resumed recording's last step).
 
     Args:
+        recorder: where steps go; ``None`` on the processes other than the main one of a
+            multi-process run (under FSDP2 they call ``watch`` too, to send their rows).
         parameters: names or glob patterns of ``model.named_parameters()``, or a predicate
             on (name, parameter).
         rows: record only these rows (indices or a boolean mask) of every chosen parameter,
@@ -70,7 +79,7 @@ class Watch:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        recorder: StreamingRecorder,
+        recorder: StreamingRecorder | None,
         *,
         parameters: ParameterChoice | Iterable[ParameterChoice],
         rows: Rows | Mapping[str, Rows] | None = None,
@@ -80,6 +89,8 @@ class Watch:
     ) -> None:
         if record_every < 1:
             raise WordybirdError(f"record_every must be at least 1, got {record_every}")
+        shards.refuse_other_sharding(model, optimizer)
+        shards.check_recorder_here(recorder)
         # Accelerate's wrapper steps the optimizer inside only when a step is really taken
         # (not while accumulating, not when its loss scaler skips one): hook that one
         inner = inner_optimizer(optimizer)
@@ -95,12 +106,20 @@ class Watch:
         self.optimizer = optimizer
         self.record_every = record_every
         #: the number of the last optimizer step taken (continuing a resumed recording)
-        self.step = recorder.last_step or 0
+        self.step = (recorder.last_step if recorder is not None else None) or 0
         self._taps = Taps(
             model, params, rows=rows_by_name(params, rows), store_dtype=store_dtype, scaler=scaler
         )
         self._extra: dict[str, Any] = {}
         self._first = True
+        self._handles: list[Any] = []
+        if recorder is None and not self._taps.shards:
+            self._taps.remove()  # DDP: the main process records alone; nothing to do here
+            return
+        if self._taps.shards:  # every process records the same steps: the main one's count
+            start = torch.tensor([self.step])
+            torch.distributed.broadcast(start, src=0)
+            self.step = int(start)
         self._handles = [
             inner.register_step_pre_hook(self._before_step),
             inner.register_step_post_hook(self._after_step),
@@ -117,8 +136,11 @@ class Watch:
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.step += 1
+        fields = None
         if self.step % self.record_every == 0:
-            params, whole = self._taps.fields(self.step, optimizer, initial=False)
+            fields = self._taps.fields(self.step, optimizer, initial=False)
+        if fields is not None:  # None: a process that sent its rows to the main one
+            params, whole = fields
             if self._first:
                 self.recorder.update_metadata(
                     {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
@@ -132,7 +154,8 @@ class Watch:
     def close(self) -> None:
         """Remove the hooks and close the recorder (writes every queued step)."""
         self._unhook()
-        self.recorder.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     def _unhook(self) -> None:
         for handle in self._handles:
@@ -153,7 +176,8 @@ class Watch:
             self.close()
             return
         self._unhook()  # keep what was recorded; the caller's error goes on
-        self.recorder.__exit__(exc_type, exc, tb)
+        if self.recorder is not None:
+            self.recorder.__exit__(exc_type, exc, tb)
 
 
 def _detached(value: torch.Tensor | float) -> torch.Tensor | float:

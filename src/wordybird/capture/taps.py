@@ -19,6 +19,11 @@ Two layouts of fields:
   group holds none, as transformers' ``Adafactor`` with ``relative_step=True``) and
   ``<name>/rows`` (with ``rows=``), and ``grad_norms``.
 
+Under FSDP2 each process's hooks see its rows of a parameter, their reduce-scattered
+gradient and their state; ``shards.py`` gathers the recorded ones whole to the main process
+(every process calls :meth:`Taps.fields` for the same steps) and the global norm sums every
+process's shards.
+
 Only state the optimizer really holds is recorded. Adam and AdamW define theirs to start at
 zero (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and create it at a
 parameter's first update, so before that update zero is its true value. Any other missing
@@ -36,6 +41,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from wordybird.capture.shards import (
+    SUPPORTED,
+    ShardedRows,
+    is_dtensor,
+    local,
+    sharded,
+    sum_over_processes,
+)
 from wordybird.errors import WordybirdError
 
 if TYPE_CHECKING:
@@ -129,13 +142,19 @@ class Taps:
         self._lrs: dict[str, float] = {}
         self._state_keys: dict[str, dict[str, str]] | None = None  # name -> field -> key
         self._narrowed: set[str] = set()  # the fields store_dtype converts
+        #: FSDP2 parameters recorded: this process holds (and collects) only its rows
+        self.shards = sharded(model, self.params, self.rows)
         for name, param in self.params.items():
             index = self.rows.get(name)
             shape = param.shape if index is None else (len(index), *param.shape[1:])
+            if name in self.shards:
+                shape = (self.shards[name].counts[self.shards[name].rank], *param.shape[1:])
             # one buffer for the whole run: copy_ into it, never allocate per step
             self._grads[name] = torch.zeros(shape, dtype=param.dtype, device=param.device)
         # every trainable parameter once (tied ones are one): the global norm is over them
         self._trainable = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+        #: the trainable parameters whose gradients are split across processes (norms add up)
+        self._split = {id(p) for p in self._trainable if is_dtensor(p)}
         self._collect_queued = False
         self._handles = [
             p.register_post_accumulate_grad_hook(self._grad_hook) for p in self._trainable
@@ -167,7 +186,7 @@ class Taps:
         self._grad_sq_norms = {
             key: (
                 torch.linalg.vector_norm(
-                    g.detach(), dtype=torch.promote_types(g.dtype, torch.float32)
+                    local(g.detach()), dtype=torch.promote_types(g.dtype, torch.float32)
                 )
                 * inv_scale
             )
@@ -182,13 +201,21 @@ class Taps:
                 continue
             grad = grad.detach()
             index = self.rows.get(name)
-            if index is None:
-                self._grads[name].copy_(grad)
+            if index is None or name in self.shards:
+                self._grads[name].copy_(self._recorded_rows(name, grad))
             else:
                 torch.index_select(grad, 0, index.to(grad.device), out=self._grads[name])
             if self.scaler is not None:
                 self._grads[name].mul_(inv_scale)
             self._grad_seen.add(name)
+
+    def _recorded_rows(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows of ``tensor`` (of parameter ``name``'s shape) that are recorded: the
+        ``rows=`` chosen, and of a sharded parameter only those this process holds."""
+        if name in self.shards:
+            return self.shards[name].mine(tensor)
+        index = self.rows.get(name)
+        return tensor if index is None else tensor.index_select(0, index.to(tensor.device))
 
     def remove(self) -> None:
         """Detach every hook from the model."""
@@ -226,13 +253,21 @@ class Taps:
         )
         return False
 
+    @property
+    def main(self) -> bool:
+        """Whether this process records: with sharded parameters only the main one, which
+        the others send their rows to; without, whichever holds the taps."""
+        return all(shard.main for shard in self.shards.values())
+
     def fields(
         self, step: int, optimizer: Any, *, initial: bool
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
         """The step's fields, read now, as (per-parameter fields, whole-step fields): the
         parameters after the optimizer step with their state, the gradients and learning
         rates noted during the step, and the global gradient norm. ``initial``: the state
         before training (no gradient yet: zero; the learning rate the first step will use).
+        With sharded parameters every process calls it for the same steps: the main one
+        gets the whole tensors, the others send their rows and get None.
         """
         inner = inner_optimizer(optimizer)
         if self._state_keys is None:
@@ -241,16 +276,15 @@ class Taps:
             self.note_learning_rates(inner)
         out: dict[str, torch.Tensor] = {}
         step_fields: dict[str, torch.Tensor] = {}
+        gathered: dict[str, ShardedRows] = {}  # field -> its parameter's shards
         for name, param in self.params.items():
             index = self.rows.get(name)
-            value = param.detach()
-            if index is not None:
-                value = value.index_select(0, index.to(value.device))
+            value = self._recorded_rows(name, param.detach())
             grad = self._grads[name]
             if initial or name not in self._grad_seen:  # the loss did not depend on it
                 grad.zero_()
             state = {
-                field: self._state(inner, name, key, step, index)
+                field: self._state(inner, name, key, step)
                 for field, key in self._state_keys[name].items()
             }
             lr = torch.tensor(self._lrs[name], dtype=torch.float32)
@@ -262,13 +296,29 @@ class Taps:
                 out[f"{name}/lr"] = lr
                 if index is not None:
                     out[f"{name}/rows"] = index
-        norms = list(self._grad_sq_norms.values())
-        step_fields["grad_norms"] = (
-            torch.stack(norms).sum().sqrt() if norms and not initial else torch.tensor(0.0)
-        )
+            if name in self.shards:
+                whole = (
+                    ("embeddings", "grads") if self.notebook else (f"{name}/value", f"{name}/grad")
+                )
+                rowed = [*whole, *(field for field, tensor in state.items() if tensor.dim())]
+                gathered.update(dict.fromkeys(rowed, self.shards[name]))
+        for field, shards in gathered.items():  # the same order on every process
+            out[field] = shards.gather(field, out[field])
+        step_fields["grad_norms"] = torch.tensor(0.0) if initial else self._global_norm()
+        if not self.main:
+            return None
         if self.store_dtype is not None:
             out = {n: t.to(self.store_dtype) if n in self._narrowed else t for n, t in out.items()}
         return out, step_fields
+
+    def _global_norm(self) -> torch.Tensor:
+        """The pre-clip norm over every trainable parameter's whole gradient: the squares of
+        sharded ones summed over the processes (all take part), the others' as they are."""
+        norms = [n for key, n in self._grad_sq_norms.items() if key not in self._split]
+        if self._split:
+            split = [n for key, n in self._grad_sq_norms.items() if key in self._split]
+            norms.append(sum_over_processes(split))
+        return torch.stack(norms).sum().sqrt() if norms else torch.tensor(0.0)
 
     def metadata(self) -> dict[str, Any]:
         """What a reader needs to know about these fields (after the first :meth:`fields`):
@@ -318,9 +368,7 @@ class Taps:
             self._narrowed |= {f"{name}/value", f"{name}/grad", *(f"{name}/{k}" for k in keys)}
         return chosen
 
-    def _state(
-        self, inner: Any, name: str, key: str, step: int, index: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _state(self, inner: Any, name: str, key: str, step: int) -> torch.Tensor:
         param = self.params[name]
         state = inner.state.get(param, {})
         value = state.get(key)
@@ -335,8 +383,15 @@ class Taps:
                 torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(param)
             )
         value = value.detach()
-        if index is not None and value.shape == param.shape:
-            value = value.index_select(0, index.to(value.device))
+        sharded_like_it = is_dtensor(value) and value.shape == param.shape
+        if name in self.shards and value.dim() and not sharded_like_it:  # its rows: unknown
+            raise WordybirdError(
+                f"{type(inner).__name__}'s {key!r} for the sharded {name} is not a DTensor "
+                f"of its shape (shape {tuple(value.shape)}); {SUPPORTED}, with optimizer "
+                "state of the parameter's shape or scalars"
+            )
+        if value.shape == param.shape:  # a DTensor's shape is the whole tensor's
+            value = self._recorded_rows(name, value)
         return value
 
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from wordybird.capture import shards
 from wordybird.capture.parameters import (
     ParameterChoice,
     Rows,
@@ -203,6 +204,12 @@ class RecorderCallback(TrainerCallback):
     ) -> None:
         if model is None:
             raise WordybirdError("RecorderCallback needs the Trainer to pass the model")
+        shards.refuse_other_sharding(model, optimizer)
+        if any(shards.is_dtensor(p) for p in model.parameters()):
+            raise WordybirdError(  # accelerate ignores the Trainer's FSDP on CPU: untestable
+                "RecorderCallback does not record sharded (FSDP2/DTensor) parameters; "
+                f"{shards.SUPPORTED} in a loop of your own"
+            )
         self._writes = state.is_world_process_zero
         self._tokens_across_processes = bool(getattr(args, "average_tokens_across_devices", False))
         if self._writes and self.recorder is None:
