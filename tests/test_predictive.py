@@ -409,6 +409,18 @@ def test_an_unknown_predictor_version_is_refused_on_open(tmp_path: Path) -> None
         wordybird.open(path)
 
 
+def test_a_header_whose_version_does_not_match_its_mode_is_refused(tmp_path: Path) -> None:
+    """A version-1 reader would misread a predictive store: the version must say so."""
+    path = tmp_path / "r.zarr"
+    record(path, adam_steps(2), range(1, 3), mode="predictive")
+    meta = path / "zarr.json"
+    document = json.loads(meta.read_text())
+    document["attributes"]["wordybird"]["format_version"] = 1
+    meta.write_text(json.dumps(document))
+    with pytest.raises(WordybirdError, match="format version 1 holds no 'predictive' mode"):
+        wordybird.open(path)
+
+
 def test_check_lists_the_predicted_fields_decoded_from_a_damaged_one(tmp_path: Path) -> None:
     path = tmp_path / "r.zarr"
     record(path, adam_steps(20), range(1, 21), mode="predictive")

@@ -39,6 +39,7 @@ from wordybird.recorder.delta import DeltaChains
 from wordybird.recorder.layout import (
     ARRAY_CONFIG,
     DIFFERENCE_ENCODINGS,
+    MODES,
     FieldSpec,
     Mode,
 )
@@ -117,10 +118,17 @@ class RecordingStore:
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise WordybirdError(f"{path} is a Zarr group but not a wordybird recording")
         version = header.get("format_version")
-        if version not in FORMAT_VERSIONS or version != format_version(header.get("mode")):
+        if version not in FORMAT_VERSIONS:
             raise WordybirdError(
-                f"{path} uses recording format version {version} ({header.get('mode')} mode); "
-                f"this wordybird reads versions {FORMAT_VERSIONS} (upgrade wordybird to read it)"
+                f"{path} uses recording format version {version}; this wordybird reads "
+                f"versions {FORMAT_VERSION} and {PREDICTIVE_FORMAT_VERSION} (upgrade wordybird "
+                "to read it)"
+            )
+        mode = header.get("mode")
+        if mode not in MODES or version != format_version(mode):
+            raise WordybirdError(
+                f"{path}: its header is damaged: format version {version} holds no "
+                f"{mode!r} mode recording"
             )
         metadata = dict(attrs.get("metadata") or {})
         return cls(path, group, disk, dict(header), metadata)
