@@ -17,7 +17,9 @@ correctness never depends on matching torch. FORMAT.md ("Predictive mode") speci
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,18 +121,37 @@ def predict(
     flat = previous.reshape(-1)
     tensors = {role: np.asarray(value) for role, value in inputs.items()}
     tensors = {role: v.reshape(-1) if v.ndim else v for role, v in tensors.items()}
-    _check_subnormals()
     out = np.empty_like(flat)
     canonical_nan = np.array(np.nan, dtype=flat.dtype)
-    with np.errstate(all="ignore"):  # an inf or NaN prediction is only a poor one
-        for start in range(0, flat.size, BLOCK):
-            part = slice(start, start + BLOCK)
-            block = {role: v[part] if v.ndim else v for role, v in tensors.items()}
+
+    def run(start: int) -> None:
+        _check_subnormals()  # in the thread that computes
+        part = slice(start, start + BLOCK)
+        block = {role: v[part] if v.ndim else v for role, v in tensors.items()}
+        with np.errstate(all="ignore"):  # an inf or NaN prediction is only a poor one
             values = _predict_block(prediction, flat[part], block, step)
-            # a NaN's sign and payload differ between CPUs and code paths: one NaN for all
-            values[np.isnan(values)] = canonical_nan
-            out[part] = values
+        # a NaN's sign and payload differ between CPUs and code paths: one NaN for all
+        values[np.isnan(values)] = canonical_nan
+        out[part] = values
+
+    starts = range(0, flat.size, BLOCK)
+    if len(starts) > 1:
+        list(_pool().map(run, starts))  # numpy releases the GIL: blocks run in parallel
+    else:
+        run(0)
     return out.reshape(previous.shape)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the blocks, made anew in a forked child (the parent's do not exist there)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        workers = min(4, os.cpu_count() or 1)
+        _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="wordybird-predict"))
+    return _POOL[1]
 
 
 def _check_subnormals() -> None:
