@@ -7,9 +7,15 @@ keyframe chains that the store encodes and decodes them along.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
+
+from wordybird.errors import DamagedRecordingError
+
+#: Decoding reads the stored steps of a keyframe run in slices of at most this many bytes.
+RUN_READ_BYTES = 64 << 20
 
 #: The bits a step is stored as a difference from, given the field, the position and the
 #: previous position's bits.
@@ -66,14 +72,15 @@ class DeltaChains:
 
     Args:
         interval: the keyframe interval K.
-        read_stored: a field's stored array at one position (a keyframe's bits or a delta).
+        read_stored: a field's stored array at one position (a keyframe's bits or a delta),
+            or at a slice of positions.
         reference: what a position is stored as a difference from (:data:`Reference`).
     """
 
     def __init__(
         self,
         interval: int,
-        read_stored: Callable[[str, int], np.ndarray],
+        read_stored: Callable[[str, int | slice], np.ndarray],
         reference: Reference = previous_step,
     ) -> None:
         self.interval = interval
@@ -101,10 +108,26 @@ class DeltaChains:
             start, bits = held[0] + 1, held[1].copy()
         else:
             start, bits = first + 1, self._read_stored(name, first)
-        for p in range(start, position + 1):
-            bits = delta_decode(self._read_stored(name, p), self._reference(name, p, bits))
+        for p, stored in self._stored_run(name, start, position + 1, bits.nbytes):
+            bits = delta_decode(stored, self._reference(name, p, bits))
         self._last[name] = (position, bits)
         return bits.copy()
+
+    def _stored_run(
+        self, name: str, start: int, stop: int, step_nbytes: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Positions ``[start, stop)`` as stored, read a slice at a time: one read of many
+        chunks (zarr decodes them concurrently) costs far less than one read per step. A
+        damaged slice is read again step by step, so that the error names the step."""
+        per_read = max(1, RUN_READ_BYTES // max(1, step_nbytes))
+        for first in range(start, stop, per_read):
+            last = min(stop, first + per_read)
+            run = None
+            if last - first > 1:
+                with contextlib.suppress(DamagedRecordingError):
+                    run = self._read_stored(name, slice(first, last))
+            for p in range(first, last):
+                yield p, (self._read_stored(name, p) if run is None else run[p - first])
 
     def forget(self) -> None:
         """Drop the cache (after a truncation: the cached steps may be gone)."""
