@@ -210,10 +210,8 @@ class RecorderCallback(TrainerCallback):
         if model is None:
             raise WordybirdError("RecorderCallback needs the Trainer to pass the model")
         self._writes = state.is_world_process_zero
-        # the Trainer clips only to a positive max_grad_norm
-        self._max_grad_norm = float(args.max_grad_norm) if args.max_grad_norm else None
-        if self._max_grad_norm is not None and self._max_grad_norm <= 0:
-            self._max_grad_norm = None
+        max_norm = getattr(args, "max_grad_norm", None)  # the Trainer clips only to one > 0
+        self._max_grad_norm = float(max_norm) if max_norm and max_norm > 0 else None
         self._tokens_across_processes = bool(getattr(args, "average_tokens_across_devices", False))
         if self._writes and self.recorder is None:
             raise WordybirdError("RecorderCallback(None) on the main process: nothing records")
