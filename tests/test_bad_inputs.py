@@ -80,7 +80,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f.truncate(cut.stat().st_size - 1)
     shutil.copytree(rec, w / "newer.zarr")
     header = json.loads((w / "newer.zarr" / "zarr.json").read_text())
-    header["attributes"]["wordybird"]["format_version"] = 2
+    header["attributes"]["wordybird"]["format_version"] = 3
     (w / "newer.zarr" / "zarr.json").write_text(json.dumps(header))
     (w / "split").mkdir()
     export_safetensors(rec, w / "split" / "x.safetensors", steps_per_file=4)
@@ -150,7 +150,7 @@ CLI_REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
     "truncated-export": (("inspect", "{w}/cut.safetensors"), "(truncated)"),
     "newer-format": (
         ("export", "{w}/newer.zarr", OUT),
-        "uses recording format version 2; this wordybird reads version 1",
+        "uses recording format version 3; this wordybird reads versions 1 and 2",
     ),
     "split-files-not-together": (
         ("inspect", "{w}/split/x.safetensors"),

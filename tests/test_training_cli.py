@@ -86,7 +86,7 @@ def test_continue_inherits_its_run(corpus: Path, tmp_path: Path) -> None:
     wb1, wb3, wb3b = tmp_path / "wb1", tmp_path / "wb3", tmp_path / "wb3b"
     done = wordybird_cli(
         "train", "--corpus", corpus, "--steps", "3", "--checkpoint-every", "2",
-        "--batch-size", "2", "--seed", "7", "--mode", "compact", "--out", wb1, *TINY,
+        "--batch-size", "2", "--seed", "7", "--mode", "predictive", "--out", wb1, *TINY,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
 
@@ -99,13 +99,18 @@ def test_continue_inherits_its_run(corpus: Path, tmp_path: Path) -> None:
         f"corpus: {corpus.resolve()} (from the checkpoint's run)",
         "batch size: 2 (from the checkpoint's run)",
         "seed: 7 (from the checkpoint's run)",
-        "recording mode: compact (from the checkpoint's run)",
+        "recording mode: predictive (from the checkpoint's run)",
     ]
     with (
         wordybird.open(wb3 / "recording.zarr") as got,
         wordybird.open(wb1 / "recording.zarr") as want,
     ):
-        assert got.mode == "compact"
+        assert got.mode == "predictive"
+        # the real Adam state goes on: its step count is the step number, as in the run
+        prediction = json.loads((wb3 / "recording.zarr" / "zarr.json").read_text())
+        momentum = prediction["attributes"]["wordybird"]["fields"]["momentum"]
+        assert momentum["encoding"] == "predicted"
+        assert momentum["prediction"]["constants"]["step_offset"] == 0
         assert got.metadata["corpus"]["sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
         assert got.steps.tolist() == [2, 3] and want.steps.tolist() == [0, 1, 2, 3]
         for name in want.fields:

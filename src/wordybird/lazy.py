@@ -2,9 +2,9 @@
 
 Every field becomes a Dask array whose chunks are the recording's read blocks
 (:meth:`Recording.block_length`): one step of a big field, many steps of a small one, and in
-a compact store one keyframe run of a delta field, decoded in one task, so every step is
-decoded once. Building the Dataset reads nothing but what opening the recording already
-read (the step numbers); each chunk is read when a computation needs it, through
+a compact or predictive store one keyframe run of a difference field, decoded in one task,
+so every step is decoded once. Building the Dataset reads nothing but what opening the
+recording already read (the step numbers); each chunk is read when a computation needs it, through
 :meth:`Recording.read_block`, so damage and truncations are reported as wordybird reports
 them, for the steps concerned only.
 

@@ -45,6 +45,7 @@ from wordybird.capture.parameters import (
     select_parameters,
     unwrap,
 )
+from wordybird.capture.predictions import predictions_for
 from wordybird.capture.taps import Taps, inner_optimizer, optimizer_metadata
 from wordybird.errors import WordybirdError
 from wordybird.recorder import StreamingRecorder
@@ -73,6 +74,9 @@ class Watch:
             gradients and their norm are divided by its scale, as ``scaler.unscale_``
             divides them for the optimizer (without it they would be recorded scaled).
             Accelerate's prepared optimizer brings its own.
+        max_grad_norm: predictive mode: the norm the loop clips gradients to
+            (``clip_grad_norm_``) before each step, which the predictions then follow;
+            None: the loop does not clip (a wrong value costs size, never exactness).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class Watch:
         store_dtype: torch.dtype | None = None,
         record_every: int = 1,
         scaler: torch.amp.GradScaler | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         if record_every < 1:
             raise WordybirdError(f"record_every must be at least 1, got {record_every}")
@@ -105,6 +110,7 @@ class Watch:
         self.recorder = recorder
         self.optimizer = optimizer
         self.record_every = record_every
+        self.max_grad_norm = max_grad_norm
         #: the number of the last optimizer step taken (continuing a resumed recording)
         self.step = (recorder.last_step if recorder is not None else None) or 0
         self._taps = Taps(
@@ -145,7 +151,11 @@ class Watch:
                 self.recorder.update_metadata(
                     {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
                 )
-                self._first = False
+            if self._first and self.recorder.mode == "predictive":
+                self.recorder.set_predictions(
+                    predictions_for(self._taps, optimizer, self.step, self.max_grad_norm)
+                )
+            self._first = False
             extra = {name: _detached(value) for name, value in self._extra.items()}
             self.recorder.record(self.step, {**params, **extra, **whole})
         self._extra.clear()

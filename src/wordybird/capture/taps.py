@@ -320,6 +320,14 @@ class Taps:
             norms.append(sum_over_processes(split))
         return torch.stack(norms).sum().sqrt() if norms else torch.tensor(0.0)
 
+    def field_names(self, name: str) -> dict[str, str]:
+        """Parameter ``name``'s fields by role (after the first :meth:`fields`): ``value``,
+        ``grad``, ``lr`` and one per optimizer state key (``exp_avg``, ``momentum_buffer``…)."""
+        state = {key: field for field, key in self._state_keys[name].items()}
+        if self.notebook:
+            return {"value": "embeddings", "grad": "grads", "lr": "learning_rates", **state}
+        return {"value": f"{name}/value", "grad": f"{name}/grad", "lr": f"{name}/lr", **state}
+
     def metadata(self) -> dict[str, Any]:
         """What a reader needs to know about these fields (after the first :meth:`fields`):
         the optimizer's hyperparameters, and which fields ``store_dtype`` narrowed."""

@@ -2,9 +2,10 @@
 
 Every chunk carries a crc32c; reading it verifies the checksum and that it decodes, and a
 chunk file that should exist but does not is damage too (zarr alone would read it as
-zeros). A damaged chunk makes its (field, step) pairs unreadable, and in compact mode also
-the later steps of its keyframe interval, which are rebuilt from it: the report lists
-those as well, so what it calls readable really reads.
+zeros). A damaged chunk makes its (field, step) pairs unreadable, and in compact and
+predictive mode also the later steps of its keyframe interval, which are rebuilt from it;
+in predictive mode a predicted field is also unreadable wherever a field its prediction
+reads is: the report lists those as well, so what it calls readable really reads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from wordybird.errors import DamagedRecordingError
 from wordybird.recorder.format import RecordingStore
+from wordybird.recorder.layout import DIFFERENCE_ENCODINGS
 from wordybird.recording import STEPS_FIELD
 
 
@@ -36,18 +38,58 @@ def find_damage(store: RecordingStore) -> list[Damage]:
         numbers = store.steps()
     except DamagedRecordingError:
         numbers = None
-    damage = []
+    found: dict[str, list[tuple[int, int, str]]] = {}
     for name in [STEPS_FIELD, *store.fields]:
+        found[name] = [
+            (block[0], _run_end(store, name, block[-1]), reason)
+            for block, reason in _unreadable_blocks(store, name)
+        ]
+    for name in _decoding_order(store):
+        inputs = store.fields[name].prediction.inputs.values()
+        found[name] += [
+            (first, _run_end(store, name, last), f"decoded from {source!r}, damaged there")
+            for source in inputs
+            for first, last, _ in found.get(source, [])
+        ]
+    return [
+        Damage(
+            name,
+            first,
+            last,
+            None if numbers is None else [int(s) for s in numbers[first : last + 1]],
+            reason,
+        )
+        for name, ranges in found.items()
+        for first, last, reason in ranges
+    ]
+
+
+def _run_end(store: RecordingStore, name: str, last: int) -> int:
+    """The last position decoded through ``last``: the end of its keyframe interval for a
+    difference field (the later steps of the interval are rebuilt from it)."""
+    spec = store.fields.get(name)
+    if spec is None or spec.encoding not in DIFFERENCE_ENCODINGS:
+        return last
+    interval = store.keyframe_interval
+    return min(store.committed, (last // interval + 1) * interval) - 1
+
+
+def _decoding_order(store: RecordingStore) -> list[str]:
+    """The predicted fields, each after the predicted fields it reads (layout.py refuses
+    cycles)."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
         spec = store.fields.get(name)
-        for block, reason in _unreadable_blocks(store, name):
-            last = block[-1]
-            if spec is not None and spec.encoding == "delta":
-                # later deltas of the keyframe interval are decoded from this one
-                interval = store.keyframe_interval
-                last = min(store.committed, (last // interval + 1) * interval) - 1
-            steps = None if numbers is None else [int(s) for s in numbers[block[0] : last + 1]]
-            damage.append(Damage(name, block[0], last, steps, reason))
-    return damage
+        if name in order or spec is None or spec.prediction is None:
+            return
+        for source in spec.prediction.inputs.values():
+            visit(source)
+        order.append(name)
+
+    for name in store.fields:
+        visit(name)
+    return order
 
 
 def _unreadable_blocks(store: RecordingStore, name: str) -> list[tuple[range, str]]:

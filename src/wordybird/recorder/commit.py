@@ -28,7 +28,7 @@ from wordybird.atomic import fsync_folder
 from wordybird.errors import WordybirdError, no_folder
 from wordybird.location import Location
 from wordybird.recorder import storage
-from wordybird.recorder.format import FORMAT_NAME, FORMAT_VERSION, RecordingStore, is_recording
+from wordybird.recorder.format import FORMAT_NAME, RecordingStore, format_version, is_recording
 from wordybird.recorder.layout import (
     ARRAY_CONFIG,
     DEFAULT_KEYFRAME_INTERVAL,
@@ -115,7 +115,7 @@ class WritableStore(RecordingStore):
             _make_room(path, overwrite, lambda: sync(disk.delete_dir("")), lambda: False)
         header = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version(mode),
             "mode": mode,
             "keyframe_interval": keyframe_interval,
             "committed": 0,
@@ -199,7 +199,11 @@ class WritableStore(RecordingStore):
         mode flush them), and only then advance ``committed``.
         """
         n = self.committed
-        arrays = {name: self._stored(n, name, value) for name, value in arrays.items()}
+        self._decoding.pending = (n, step, arrays)  # inputs of this step's predictions
+        try:
+            arrays = {name: self._stored(n, name, value) for name, value in arrays.items()}
+        finally:
+            self._decoding.pending = None
         targets = {name: self._array(name) for name in [STEPS_FIELD, *arrays]}
 
         async def grow() -> None:
@@ -225,7 +229,7 @@ class WritableStore(RecordingStore):
     def truncate(self, count: int) -> None:
         """Keep only the first ``count`` committed positions; delete the rest from disk."""
         self._commit(max(0, min(count, self.committed)))  # uncommit first: a crash below
-        self._chains.forget()  # leaves a consistent store
+        self.forget_decoded()  # leaves a consistent store
         storage.fault_point("truncate")
         self.discard_uncommitted()
 
@@ -251,11 +255,12 @@ class WritableStore(RecordingStore):
         sync(shrink())
 
     def _stored(self, position: int, name: str, value: np.ndarray) -> np.ndarray:
-        """A step as stored: itself, or in compact mode its delta from the previous step."""
+        """A step as stored: itself, or its difference from the previous step (compact) or
+        from its prediction (predictive)."""
         spec = self.fields[name]
         if spec.encoding == "raw":
             return value
-        return self._chains.encode(
+        return self._decoding.chains.encode(
             name, position, np.ascontiguousarray(value).view(spec.stored_dtype)
         )
 

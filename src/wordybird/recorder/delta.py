@@ -1,4 +1,5 @@
-"""Compact mode's codec: each step stored as its difference from the previous step, in ULPs.
+"""Compact and predictive modes' codec: each step stored as its difference, in ULPs, from a
+reference: the previous step (compact), or its prediction from the previous step (``predict.py``).
 
 Pure functions on the unsigned bit patterns of a step (FORMAT.md, "Codecs"), and the
 keyframe chains that the store encodes and decodes them along.
@@ -6,9 +7,24 @@ keyframe chains that the store encodes and decodes them along.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
+
+from wordybird.errors import DamagedRecordingError
+
+#: Decoding reads the stored steps of a keyframe run in slices of at most this many bytes.
+RUN_READ_BYTES = 64 << 20
+
+#: The bits a step is stored as a difference from, given the field, the position and the
+#: previous position's bits.
+Reference = Callable[[str, int, np.ndarray], np.ndarray]
+
+
+def previous_step(name: str, position: int, previous: np.ndarray) -> np.ndarray:
+    """Compact mode's reference: the previous step itself."""
+    return previous
 
 
 def delta_encode(bits: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -46,21 +62,30 @@ def decode_run(stored: np.ndarray) -> np.ndarray:
 
 
 class DeltaChains:
-    """The keyframe chains of a compact recording's delta fields, with a one-step cache.
+    """The keyframe chains of a recording's difference fields, with a one-step cache.
 
     Every ``interval``-th position is stored whole (a keyframe), the others as
-    :func:`delta_encode` of the previous step. Each field's last encoded or decoded
+    :func:`delta_encode` from their reference, which is computed from the previous step (by
+    default the previous step itself). Each field's last encoded or decoded
     ``(position, bits)`` is kept, so recording, or reading steps in order (export,
     analysis), costs one chunk per step; a random step costs up to ``interval`` chunks.
 
     Args:
         interval: the keyframe interval K.
-        read_stored: a field's stored array at one position (a keyframe's bits or a delta).
+        read_stored: a field's stored array at one position (a keyframe's bits or a delta),
+            or at a slice of positions.
+        reference: what a position is stored as a difference from (:data:`Reference`).
     """
 
-    def __init__(self, interval: int, read_stored: Callable[[str, int], np.ndarray]) -> None:
+    def __init__(
+        self,
+        interval: int,
+        read_stored: Callable[[str, int | slice], np.ndarray],
+        reference: Reference = previous_step,
+    ) -> None:
         self.interval = interval
         self._read_stored = read_stored
+        self._reference = reference
         self._last: dict[str, tuple[int, np.ndarray]] = {}
 
     def encode(self, name: str, position: int, bits: np.ndarray) -> np.ndarray:
@@ -71,7 +96,7 @@ class DeltaChains:
             held = self._last.get(name)
             if held is None or held[0] != position - 1:  # resumed or truncated since
                 held = (position - 1, self.decode(name, position - 1))
-            stored = delta_encode(bits, held[1])
+            stored = delta_encode(bits, self._reference(name, position, held[1]))
         self._last[name] = (position, bits.copy())
         return stored
 
@@ -83,10 +108,26 @@ class DeltaChains:
             start, bits = held[0] + 1, held[1].copy()
         else:
             start, bits = first + 1, self._read_stored(name, first)
-        for p in range(start, position + 1):
-            bits = delta_decode(self._read_stored(name, p), bits)
+        for p, stored in self._stored_run(name, start, position + 1, bits.nbytes):
+            bits = delta_decode(stored, self._reference(name, p, bits))
         self._last[name] = (position, bits)
         return bits.copy()
+
+    def _stored_run(
+        self, name: str, start: int, stop: int, step_nbytes: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Positions ``[start, stop)`` as stored, read a slice at a time: one read of many
+        chunks (zarr decodes them concurrently) costs far less than one read per step. A
+        damaged slice is read again step by step, so that the error names the step."""
+        per_read = max(1, RUN_READ_BYTES // max(1, step_nbytes))
+        for first in range(start, stop, per_read):
+            last = min(stop, first + per_read)
+            run = None
+            if last - first > 1:
+                with contextlib.suppress(DamagedRecordingError):
+                    run = self._read_stored(name, slice(first, last))
+            for p in range(first, last):
+                yield p, (self._read_stored(name, p) if run is None else run[p - first])
 
     def forget(self) -> None:
         """Drop the cache (after a truncation: the cached steps may be gone)."""

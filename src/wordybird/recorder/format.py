@@ -38,13 +38,25 @@ from wordybird.recorder import (
 from wordybird.recorder.delta import DeltaChains
 from wordybird.recorder.layout import (
     ARRAY_CONFIG,
+    DIFFERENCE_ENCODINGS,
+    MODES,
     FieldSpec,
     Mode,
 )
+from wordybird.recorder.predict import predict
 from wordybird.recording import STEPS_FIELD
 
 FORMAT_NAME = "wordybird.recording"
+#: default and compact stores; unchanged since the first release.
 FORMAT_VERSION = 1
+#: predictive stores: a reader of version 1 alone would misread their fields, so it refuses.
+PREDICTIVE_FORMAT_VERSION = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, PREDICTIVE_FORMAT_VERSION)
+
+
+def format_version(mode: Mode) -> int:
+    """The format version a new store of ``mode`` is written in."""
+    return PREDICTIVE_FORMAT_VERSION if mode == "predictive" else FORMAT_VERSION
 
 
 class RecordingStore:
@@ -68,7 +80,8 @@ class RecordingStore:
         self._header = header
         self._metadata = metadata
         self._arrays: dict[str, zarr.AsyncArray] = {}
-        self._chains = DeltaChains(self.keyframe_interval, self.read_stored)
+        self._step_numbers = np.zeros(0, dtype=np.int64)  # known so far, for predictions
+        self._decoding = Decoding(self)
         self.fields: dict[str, FieldSpec] = {
             name: FieldSpec.from_json(name, data) for name, data in header["fields"].items()
         }
@@ -105,10 +118,17 @@ class RecordingStore:
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise WordybirdError(f"{path} is a Zarr group but not a wordybird recording")
         version = header.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in FORMAT_VERSIONS:
             raise WordybirdError(
                 f"{path} uses recording format version {version}; this wordybird reads "
-                f"version {FORMAT_VERSION} (upgrade wordybird to read it)"
+                f"versions {FORMAT_VERSION} and {PREDICTIVE_FORMAT_VERSION} (upgrade wordybird "
+                "to read it)"
+            )
+        mode = header.get("mode")
+        if mode not in MODES or version != format_version(mode):
+            raise WordybirdError(
+                f"{path}: its header is damaged: format version {version} holds no "
+                f"{mode!r} mode recording"
             )
         metadata = dict(attrs.get("metadata") or {})
         return cls(path, group, disk, dict(header), metadata)
@@ -186,16 +206,24 @@ class RecordingStore:
 
     def read(self, name: str, index: int | slice) -> np.ndarray:
         """The values at positions ``index`` (an int within the committed range, or a slice)."""
-        spec = self.fields.get(name)
-        if spec is None or spec.encoding == "raw":
-            return self.read_stored(name, index)
-        if isinstance(index, slice):
-            positions = range(self.committed)[index]
-            out = np.empty((len(positions), *spec.shape), dtype=spec.numpy_dtype)
-            for row, position in enumerate(positions):
-                out[row] = self._chains.decode(name, position).view(spec.numpy_dtype)
-            return out
-        return self._chains.decode(name, index).view(spec.numpy_dtype)
+        return self._decoding.read(name, index)
+
+    def read_apart(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Positions ``[start, stop)`` decoded with chains of their own, shared with no other
+        read: safe beside concurrent reads (Dask's threads), at the cost of decoding from
+        the keyframe at or before ``start``."""
+        return Decoding(self).read(name, slice(start, stop))
+
+    def forget_decoded(self) -> None:
+        """Drop every decoded step kept for the chains (after a truncation: they may be gone)."""
+        self._decoding = Decoding(self)
+        self._step_numbers = np.zeros(0, dtype=np.int64)
+
+    def step_number(self, position: int) -> int:
+        """The step number recorded at a committed ``position`` (kept once read)."""
+        if position >= len(self._step_numbers):
+            self._step_numbers = self.steps()
+        return int(self._step_numbers[position])
 
     def read_stored(self, name: str, index: int | slice) -> np.ndarray:
         """One array's stored values; a chunk that cannot be read (damaged: its checksum
@@ -251,6 +279,66 @@ class RecordingStore:
         """Bytes the field's array takes on disk (chunks and metadata); with no name, the
         whole recording's."""
         return sync(self._disk.getsize_prefix(f"{name}/" if name else ""))
+
+
+class Decoding:
+    """The keyframe chains of one reader of a store, and the predictions they decode through.
+
+    A predicted field's step is stored as its difference from :func:`predict`, fed with
+    its previous step and the same step's inputs (other fields, decoded through these same
+    chains), unless the previous position is not the previous step (a step between them
+    was not recorded): then, as in compact mode, from the previous step itself. While a
+    writer appends, ``pending`` holds the step being written, whose inputs are not stored
+    yet.
+    """
+
+    def __init__(self, store: RecordingStore) -> None:
+        self._store = store
+        self.chains = DeltaChains(store.keyframe_interval, store.read_stored, self.reference)
+        #: (position, step number, values by field) of a step being written
+        self.pending: tuple[int, int, Mapping[str, np.ndarray]] | None = None
+
+    def read(self, name: str, index: int | slice) -> np.ndarray:
+        spec = self._store.fields.get(name)
+        if spec is None or spec.encoding not in DIFFERENCE_ENCODINGS:
+            return self._store.read_stored(name, index)
+        if isinstance(index, slice):
+            positions = range(self._store.committed)[index]
+            out = np.empty((len(positions), *spec.shape), dtype=spec.numpy_dtype)
+            for row, position in enumerate(positions):
+                out[row] = self.chains.decode(name, position).view(spec.numpy_dtype)
+            return out
+        return self.chains.decode(name, index).view(spec.numpy_dtype)
+
+    def reference(self, name: str, position: int, previous: np.ndarray) -> np.ndarray:
+        """What ``name`` at ``position`` is stored as a difference from (see the class)."""
+        spec = self._store.fields[name]
+        if spec.prediction is None:
+            return previous
+        step = self._step(position)
+        if step != self._step(position - 1) + 1:
+            return previous
+        inputs = {
+            role: self._value(name, source, position)
+            for role, source in spec.prediction.inputs.items()
+        }
+        values = predict(spec.prediction, previous.view(spec.numpy_dtype), inputs, step)
+        return values.view(spec.stored_dtype)
+
+    def _step(self, position: int) -> int:
+        if self.pending is not None and position == self.pending[0]:
+            return self.pending[1]
+        return self._store.step_number(position)
+
+    def _value(self, name: str, source: str, position: int) -> np.ndarray:
+        if self.pending is not None and position == self.pending[0]:
+            return self.pending[2][source]
+        if source not in self._store.fields:
+            raise WordybirdError(
+                f"{self._store.path}: field {name!r} is predicted from field {source!r}, which "
+                "the recording does not hold: it cannot be decoded"
+            )
+        return self.read(source, position)
 
 
 def is_recording(

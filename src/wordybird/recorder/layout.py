@@ -16,11 +16,16 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from wordybird import dtypes
 from wordybird.errors import WordybirdError
+from wordybird.recorder.predict import Prediction
 from wordybird.recording import STEPS_FIELD
 
-Mode = Literal["default", "compact"]
-Encoding = Literal["raw", "delta"]
-MODES: tuple[str, ...] = ("default", "compact")
+Mode = Literal["default", "compact", "predictive"]
+Encoding = Literal["raw", "delta", "predicted"]
+MODES: tuple[str, ...] = ("default", "compact", "predictive")
+#: Field dtypes that predictive mode predicts (in float32 arithmetic, float64 for float64).
+FLOAT_DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32", "float64")
+#: Encodings stored as unsigned bit differences (from the previous step or a prediction).
+DIFFERENCE_ENCODINGS: tuple[str, ...] = ("delta", "predicted")
 
 #: A step's slice of a large field is cut into chunks of at most this many bytes, so that
 #: the compressor runs on several cores and one step is read without touching any other.
@@ -49,6 +54,7 @@ class FieldSpec:
     dtype: str  # the logical dtype as a numpy name ("bfloat16", "float32", "int64", …)
     shape: tuple[int, ...]  # one step's shape
     encoding: Encoding = "raw"
+    prediction: Prediction | None = None  # predictive mode: how each step is predicted
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -57,7 +63,7 @@ class FieldSpec:
     @property
     def stored_dtype(self) -> np.dtype:
         """The dtype of the Zarr array: the logical one, or unsigned bits for deltas."""
-        if self.encoding == "delta":
+        if self.encoding in DIFFERENCE_ENCODINGS:
             return np.dtype(f"<u{self.numpy_dtype.itemsize}")
         return self.numpy_dtype
 
@@ -66,15 +72,20 @@ class FieldSpec:
         return math.prod(self.shape) * self.numpy_dtype.itemsize
 
     def to_json(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
+        data = {"dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
+        if self.prediction is not None:
+            data["prediction"] = self.prediction.to_json()
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> FieldSpec:
+        prediction = data.get("prediction")
         return cls(
             name,
             str(data["dtype"]),
             tuple(int(s) for s in data["shape"]),
             data.get("encoding", "raw"),
+            None if prediction is None else Prediction.from_json(prediction),
         )
 
 
@@ -95,13 +106,14 @@ def compressors_for(spec: FieldSpec) -> tuple[Any, ...]:
     Chosen by measurement on real Wordybird tensors (benchmarks/codecs.py). Values: blosc
     zstd level 3 with bit shuffle, which gathers the sign and exponent bits (few distinct
     values in a bf16 tensor) into long compressible runs: 1.9x at ~500 MB/s per core.
-    Deltas (compact mode) are small integers whose high bytes are almost all zero: byte
-    shuffle gathers those, and level 1 already packs them (3.4x at ~420 MB/s per core).
+    Deltas (compact mode) and residuals from a prediction (predictive mode) are small
+    integers whose high bytes are almost all zero: byte shuffle gathers those, and level 1
+    already packs them (3.4x at ~420 MB/s per core).
     """
     if spec.step_nbytes <= SMALL_STEP_BYTES:
         return (ZstdCodec(level=3), Crc32cCodec())
     itemsize = spec.stored_dtype.itemsize
-    if spec.encoding == "delta":
+    if spec.encoding in DIFFERENCE_ENCODINGS:
         blosc = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=itemsize)
     else:
         blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=itemsize)
@@ -147,15 +159,76 @@ def check_field_names(names: Iterable[str]) -> None:
         )
 
 
-def field_specs_for(arrays: Mapping[str, np.ndarray], mode: Mode) -> dict[str, FieldSpec]:
-    """The layout fixed by a recording's first step."""
+def field_specs_for(
+    arrays: Mapping[str, np.ndarray],
+    mode: Mode,
+    predictions: Mapping[str, Prediction] | None = None,
+) -> dict[str, FieldSpec]:
+    """The layout fixed by a recording's first step.
+
+    In predictive mode a big float field with a prediction is ``predicted``; any other big
+    field is a compact ``delta``. Each prediction's inputs must be recorded fields of the
+    step: refused otherwise, since a reader could never rebuild the field.
+    """
     check_field_names(arrays)
     specs = {}
     for name, value in arrays.items():
         big = value.nbytes > SMALL_STEP_BYTES
-        encoding: Encoding = "delta" if mode == "compact" and big else "raw"
-        specs[name] = FieldSpec(name, dtypes.dtype_name(value.dtype), tuple(value.shape), encoding)
+        prediction = (predictions or {}).get(name) if mode == "predictive" else None
+        if not big or dtypes.dtype_name(value.dtype) not in FLOAT_DTYPES:
+            prediction = None
+        if prediction is not None:
+            _check_inputs(name, value, prediction, arrays)
+        encoding: Encoding = "raw"
+        if prediction is not None:
+            encoding = "predicted"
+        elif mode != "default" and big:
+            encoding = "delta"
+        specs[name] = FieldSpec(
+            name, dtypes.dtype_name(value.dtype), tuple(value.shape), encoding, prediction
+        )
+    _check_acyclic(specs)
     return specs
+
+
+def _check_acyclic(specs: Mapping[str, FieldSpec]) -> None:
+    """Refuse predictions that read each other at the same step: no decoding order exists."""
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise WordybirdError(
+                f"predictive mode: the predictions of {', '.join(path)} depend on each other "
+                "at the same step; no order decodes them"
+            )
+        spec = specs.get(name)
+        if name in done or spec is None or spec.prediction is None:
+            return
+        for source in spec.prediction.inputs.values():
+            visit(source, (*path, name))
+        done.add(name)
+
+    for name in specs:
+        visit(name, ())
+
+
+def _check_inputs(
+    name: str, value: np.ndarray, prediction: Prediction, arrays: Mapping[str, np.ndarray]
+) -> None:
+    """Every input a recorded field: a tensor of the field's shape, or a scalar (lr, norm)."""
+    for role, source in prediction.inputs.items():
+        found = arrays.get(source)
+        scalar = role in ("lr", "grad_norm")
+        if (
+            found is None
+            or source == name
+            or (scalar and found.shape != ())
+            or (not scalar and found.shape != value.shape)
+        ):
+            raise WordybirdError(
+                f"predictive mode: field {name!r} is predicted from {source!r} ({role}), which "
+                f"is not a recorded {'scalar' if scalar else f'field of shape {value.shape}'}"
+            )
 
 
 #: ``recorded_steps``, stored like any small field.

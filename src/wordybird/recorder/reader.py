@@ -15,7 +15,7 @@ from wordybird.location import Location
 from wordybird.recorder.check import Damage, find_damage
 from wordybird.recorder.delta import decode_run
 from wordybird.recorder.format import RecordingStore
-from wordybird.recorder.layout import FieldSpec
+from wordybird.recorder.layout import DIFFERENCE_ENCODINGS, FieldSpec
 from wordybird.recording import Index, Recording
 
 
@@ -67,7 +67,8 @@ class ZarrRecording(Recording):
 
     @property
     def mode(self) -> str:
-        """ "default" (any Zarr v3 reader decodes it) or "compact" (deltas between steps)."""
+        """ "default" (any Zarr v3 reader decodes it), "compact" (deltas between steps) or
+        "predictive" (differences from the optimizer's update rule)."""
         return self._store.mode
 
     @property
@@ -112,17 +113,20 @@ class ZarrRecording(Recording):
 
     def block_length(self, field: str) -> int:
         """The store's chunk along the step axis (one step for big fields, 1024 for small
-        ones); in compact mode a delta field's keyframe interval, so that each block decodes
-        one keyframe run, and every step once."""
-        if self._spec(field).encoding == "delta":
+        ones); for a difference field (compact, predictive) the keyframe interval, so that
+        each block decodes one keyframe run, and every step once."""
+        if self._spec(field).encoding in DIFFERENCE_ENCODINGS:
             return self._store.keyframe_interval
         return self._store.chunk_rows(field)
 
     def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
         """Positions ``[start, stop)``; a delta field is decoded from the keyframe at or before
         ``start`` in one pass, without the store's shared one-step cache (which concurrent
-        readers of different runs would keep evicting)."""
+        readers of different runs would keep evicting); a predicted field step after step,
+        with chains of its own for it and its inputs."""
         spec = self._spec(field)
+        if spec.encoding == "predicted" and 0 <= start < stop <= len(self._steps):
+            return self._store.read_apart(field, start, stop)
         if spec.encoding != "delta" or not 0 <= start < stop <= len(self._steps):
             return super().read_block(field, start, stop)
         keyframe = start - start % self._store.keyframe_interval

@@ -31,6 +31,7 @@ from wordybird.location import Location
 from wordybird.recorder.commit import WritableStore
 from wordybird.recorder.format import is_recording
 from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
+from wordybird.recorder.predict import Prediction
 from wordybird.recorder.snapshot import Snapshot, SnapshotPool, as_tensor
 
 _STOP = object()
@@ -73,8 +74,10 @@ class StreamingRecorder:
         path: the recording's folder (conventionally ``*.zarr``), or an
             ``s3://bucket/prefix`` URL.
         metadata: JSON-able run metadata, stored in the group's attributes.
-        mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it) or
-            ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md).
+        mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it),
+            ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md) or
+            ``"predictive"`` (differences from the optimizer's update rule, for the fields
+            :meth:`set_predictions` names; compact for the other big fields).
         resume: continue an existing recording after its last committed step.
         overwrite: replace the recording (or empty folder) at ``path``; anything else there
             is refused.
@@ -129,6 +132,7 @@ class StreamingRecorder:
         steps = self._store.steps()
         self._last_step: int | None = int(steps[-1]) if len(steps) else None
         self._specs: dict[str, FieldSpec] = dict(self._store.fields)
+        self._predictions: dict[str, Prediction] = {}
         self._thread = threading.Thread(target=self._run, name="wordybird-writer", daemon=True)
         self._thread.start()
         _OPEN.add(self)
@@ -139,6 +143,17 @@ class StreamingRecorder:
     def last_step(self) -> int | None:
         """The last step handed to :meth:`record` (or committed before a resume)."""
         return self._last_step
+
+    @property
+    def mode(self) -> Mode:
+        """The recording's mode (a resumed recording keeps its own)."""
+        return self._store.mode
+
+    def set_predictions(self, predictions: Mapping[str, Prediction]) -> None:
+        """Predictive mode: how each named field's steps are predicted (the capture layer,
+        which knows the optimizer, says so before the first step). The recording's first
+        step fixes them; later calls, and calls in other modes, change nothing."""
+        self._predictions = dict(predictions)
 
     @property
     def committed(self) -> int:
@@ -164,7 +179,7 @@ class StreamingRecorder:
             if not values:
                 raise WordybirdError("record() needs at least one field")
             probe = {n: np.empty(t.shape, dtype=numpy_dtype_of(t.dtype)) for n, t in values.items()}
-            specs = field_specs_for(probe, self._store.mode)
+            specs = field_specs_for(probe, self._store.mode, self._predictions)
         self._check_fields(step, values, specs)
         self._specs = specs
         snapshot = self._pool.take(specs, step, values, while_waiting=self._raise_background_error)

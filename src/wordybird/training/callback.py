@@ -27,6 +27,7 @@ from wordybird.capture.parameters import (
     select_parameters,
     unwrap,
 )
+from wordybird.capture.predictions import predictions_for
 from wordybird.capture.taps import Taps, optimizer_metadata
 from wordybird.errors import WordybirdError
 from wordybird.recorder import StreamingRecorder
@@ -97,6 +98,7 @@ class RecorderCallback(TrainerCallback):
         self._tokens_across_processes = False  # ... of the whole global batch's
         self._logits: torch.Tensor | None = None
         self._first = True
+        self._max_grad_norm: float | None = None  # what the Trainer clips to (predictive mode)
         self._writes = True  # this process records (the main one of a multi-process run)
         self._handles: list[Any] = []
 
@@ -169,6 +171,10 @@ class RecorderCallback(TrainerCallback):
             self.recorder.update_metadata(
                 {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
             )
+        if self._first and self.recorder.mode == "predictive":
+            self.recorder.set_predictions(
+                predictions_for(self._taps, optimizer, step, self._max_grad_norm)
+            )
         self._first = False
         self.recorder.record(step, {**params, "logits": logits, "losses": loss, **whole})
 
@@ -211,6 +217,8 @@ class RecorderCallback(TrainerCallback):
                 f"{shards.SUPPORTED} in a loop of your own"
             )
         self._writes = state.is_world_process_zero
+        max_norm = getattr(args, "max_grad_norm", None)  # the Trainer clips only to one > 0
+        self._max_grad_norm = float(max_norm) if max_norm and max_norm > 0 else None
         self._tokens_across_processes = bool(getattr(args, "average_tokens_across_devices", False))
         if self._writes and self.recorder is None:
             raise WordybirdError("RecorderCallback(None) on the main process: nothing records")

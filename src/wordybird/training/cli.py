@@ -71,7 +71,7 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--mode",
-            type=click.Choice(["default", "compact"]),
+            type=click.Choice(["default", "compact", "predictive"]),
             default="default",
             show_default=True,
             help="Recording layout (see the recorder's FORMAT.md).",

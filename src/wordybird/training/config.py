@@ -41,7 +41,7 @@ class TrainConfig:
     record_every: int | None = 1  # None: no recording
     checkpoint_every: int | None = None  # None: only the final checkpoint
     compute_dtype: ComputeDtype = "auto"
-    mode: Literal["default", "compact"] = "default"
+    mode: Literal["default", "compact", "predictive"] = "default"
     durable: bool = False  # fsync each recorded step before committing it (FORMAT.md)
     corpus: str | None = None  # None: the stdlib documentation corpus
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,0 +1,267 @@
+"""Predictive mode's predictor: an optimizer's tensors at a step, as its update rule gives them.
+
+A parameter and Adam's or SGD's state after step ``t`` follow from their values after step
+``t - 1`` and this step's gradient, gradient norm and learning rate. Predictive mode stores
+only each value's ULP difference from its prediction (``delta.py``), which is zero for most
+values. The prediction runs at write time and again at read time, on the very same inputs
+(the stored, decoded fields), so it must give the same bits on every machine: it is plain
+elementwise numpy arithmetic (``+ - * /`` and ``sqrt`` in float32, correctly rounded by
+IEEE 754, never fused, no reductions), Python floats for the scalars (powers by repeated
+squaring, not ``pow``), and rounding to the field's dtype by numpy's round-to-nearest-even
+casts. It follows torch's own operation order (``torch.optim.adam._single_tensor_adam``,
+``sgd``, ``clip_grad_norm_``) where it can, which only makes the residuals smaller:
+correctness never depends on matching torch. FORMAT.md ("Predictive mode") specifies it;
+:data:`PREDICTOR_VERSION` changes with any change to its arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wordybird.errors import WordybirdError
+
+#: Stored with every prediction; a reader refuses one it does not implement (the arithmetic
+#: must be exactly the writer's).
+PREDICTOR_VERSION = 1
+
+#: The same-step fields (roles) each rule reads, besides the field's own previous step.
+RULE_INPUTS: dict[str, tuple[str, ...]] = {
+    "adam_exp_avg": ("grad", "grad_norm"),
+    "adam_exp_avg_sq": ("grad", "grad_norm"),
+    "adam_param": ("exp_avg", "exp_avg_sq", "lr"),
+    "sgd_momentum_buffer": ("grad", "grad_norm"),
+    "sgd_param": ("grad", "grad_norm", "momentum_buffer", "lr"),
+}
+#: ``clip_grad_norm_``'s guard against a zero norm.
+CLIP_EPS = 1e-6
+_F32 = np.float32
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """How one field's step is predicted: the rule, the fields it reads and its constants.
+
+    ``inputs`` maps a role of :data:`RULE_INPUTS` to the recorded field that holds it at
+    the same step (``grad_norm`` may be absent when ``max_grad_norm`` is None: no clipping).
+    ``constants``: the optimizer's hyperparameters (``beta1``, ``beta2``, ``eps``,
+    ``weight_decay``, ``momentum``, ``dampening``, ``nesterov``, ``maximize``), the clip
+    norm ``max_grad_norm`` (None: none) and ``step_offset``, the optimizer's step count
+    minus the recorded step number (Adam's bias corrections need the count).
+    """
+
+    rule: str
+    inputs: Mapping[str, str]
+    constants: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULE_INPUTS:
+            raise WordybirdError(
+                f"unknown prediction rule {self.rule!r}; this wordybird knows {sorted(RULE_INPUTS)}"
+            )
+        needed = set(RULE_INPUTS[self.rule]) - set(self.inputs)
+        if self.constants.get("max_grad_norm") is None:
+            needed.discard("grad_norm")
+        if self.rule == "sgd_param" and not self.constants.get("momentum"):
+            needed.discard("momentum_buffer")
+        if (
+            self.rule == "sgd_param"
+            and self.constants.get("momentum")
+            and not self.constants.get("nesterov")
+        ):
+            needed -= {"grad", "grad_norm"}  # the buffer already holds this step's gradient
+        if needed:
+            raise WordybirdError(
+                f"prediction rule {self.rule!r} needs the field(s) for {sorted(needed)}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "predictor_version": PREDICTOR_VERSION,
+            "rule": self.rule,
+            "inputs": dict(self.inputs),
+            "constants": dict(self.constants),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Prediction:
+        version = data.get("predictor_version")
+        if version != PREDICTOR_VERSION:
+            raise WordybirdError(
+                f"the recording's predictions use predictor version {version}; this wordybird "
+                f"implements version {PREDICTOR_VERSION} (upgrade wordybird to read it)"
+            )
+        return cls(str(data["rule"]), dict(data["inputs"]), dict(data.get("constants", {})))
+
+    def optimizer_step(self, step: int) -> int:
+        """The optimizer's step count after the recorded step ``step``."""
+        return step + int(self.constants.get("step_offset", 0))
+
+
+#: Elements predicted at a time: the arithmetic is elementwise, so cutting it into blocks
+#: changes no bit, and each block's temporaries stay in the CPU's cache (one pass over the
+#: whole [50257, 64] step per operation was ~4x slower, most of it spent faulting in pages).
+BLOCK = 1 << 15
+
+
+def predict(
+    prediction: Prediction,
+    previous: np.ndarray,
+    inputs: Mapping[str, np.ndarray],
+    step: int,
+) -> np.ndarray:
+    """The field's predicted values at recorded step ``step`` (in ``previous``'s dtype),
+    from its values at ``step - 1`` and the same-step ``inputs`` (by role)."""
+    flat = previous.reshape(-1)
+    tensors = {role: np.asarray(value) for role, value in inputs.items()}
+    tensors = {role: v.reshape(-1) if v.ndim else v for role, v in tensors.items()}
+    out = np.empty_like(flat)
+    canonical_nan = np.array(np.nan, dtype=flat.dtype)
+
+    def run(start: int) -> None:
+        _check_subnormals()  # in the thread that computes
+        part = slice(start, start + BLOCK)
+        block = {role: v[part] if v.ndim else v for role, v in tensors.items()}
+        with np.errstate(all="ignore"):  # an inf or NaN prediction is only a poor one
+            values = _predict_block(prediction, flat[part], block, step)
+        # a NaN's sign and payload differ between CPUs and code paths: one NaN for all
+        values[np.isnan(values)] = canonical_nan
+        out[part] = values
+
+    starts = range(0, flat.size, BLOCK)
+    if len(starts) > 1:
+        list(_pool().map(run, starts))  # numpy releases the GIL: blocks run in parallel
+    else:
+        run(0)
+    return out.reshape(previous.shape)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the blocks, made anew in a forked child (the parent's do not exist there)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        workers = min(4, os.cpu_count() or 1)
+        _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="wordybird-predict"))
+    return _POOL[1]
+
+
+def _check_subnormals() -> None:
+    """Refuse to predict in a thread that flushes subnormal floats to zero (FTZ/DAZ, as
+    ``torch.set_flush_denormal(True)`` sets): its arithmetic differs from IEEE 754's, so a
+    prediction made there could not be made again elsewhere, and a step stored from it
+    would not decode."""
+    tiny = np.array([1e-39], dtype=_F32)
+    if not (tiny * _F32(0.5))[0] > 0:
+        raise WordybirdError(
+            "predictive mode needs IEEE subnormal arithmetic, but this thread flushes "
+            "subnormals to zero (torch.set_flush_denormal(True)?); record in another mode "
+            "or turn flushing off"
+        )
+
+
+def _predict_block(
+    prediction: Prediction,
+    previous: np.ndarray,
+    inputs: Mapping[str, np.ndarray],
+    step: int,
+) -> np.ndarray:
+    dtype = previous.dtype
+    c = prediction.constants
+    if prediction.rule == "adam_exp_avg":
+        w = _F32(1.0 - c["beta1"])
+        m = _wide(previous)
+        return _round(m + w * (_clipped_grad(prediction, inputs) - m), dtype)
+    if prediction.rule == "adam_exp_avg_sq":
+        g = _clipped_grad(prediction, inputs)
+        decayed = _wide(_round(_wide(previous) * _F32(c["beta2"]), dtype))
+        return _round(decayed + _F32(1.0 - c["beta2"]) * g * g, dtype)
+    if prediction.rule == "adam_param":
+        return _adam_param(prediction, previous, inputs, step)
+    if prediction.rule == "sgd_momentum_buffer":
+        g = _clipped_grad(prediction, inputs)
+        if prediction.optimizer_step(step) <= 1:  # torch: the first buffer is the grad
+            return _round(g, dtype)
+        decayed = _wide(_round(_wide(previous) * _F32(c["momentum"]), dtype))
+        return _round(decayed + _F32(1.0 - c.get("dampening", 0.0)) * g, dtype)
+    return _sgd_param(prediction, previous, inputs)
+
+
+def _adam_param(
+    prediction: Prediction, previous: np.ndarray, inputs: Mapping[str, np.ndarray], step: int
+) -> np.ndarray:
+    """Adam/AdamW's parameter update, in torch's single-tensor order: decoupled decay, then
+    ``p += -(lr / bc1) * m / ((sqrt(v) / sqrt(bc2)) + eps)``, each op rounded to the dtype."""
+    c, dtype = prediction.constants, previous.dtype
+    t = max(1, prediction.optimizer_step(step))
+    lr = float(inputs["lr"])
+    p = _wide(previous)
+    if c.get("weight_decay"):
+        p = _wide(_round(p * _F32(1.0 - lr * c["weight_decay"]), dtype))
+    step_size = _F32(-(lr / (1.0 - _power(c["beta1"], t))))
+    bc2_sqrt = _F32(math.sqrt(1.0 - _power(c["beta2"], t)))
+    root = _wide(_round(np.sqrt(_wide(inputs["exp_avg_sq"])), dtype))
+    denom = _wide(_round(_wide(_round(root / bc2_sqrt, dtype)) + _F32(c["eps"]), dtype))
+    return _round(p + step_size * (_wide(inputs["exp_avg"]) / denom), dtype)
+
+
+def _sgd_param(
+    prediction: Prediction, previous: np.ndarray, inputs: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """SGD's ``p += -lr * d`` with ``d`` the buffer, or ``g + momentum · buffer`` (Nesterov),
+    or the gradient itself without momentum."""
+    c, dtype = prediction.constants, previous.dtype
+    if not c.get("momentum"):
+        direction = _clipped_grad(prediction, inputs)
+    elif c.get("nesterov"):
+        g = _clipped_grad(prediction, inputs)
+        direction = _wide(_round(g + _F32(c["momentum"]) * _wide(inputs["momentum_buffer"]), dtype))
+    else:
+        direction = _wide(inputs["momentum_buffer"])
+    return _round(_wide(previous) + _F32(-float(inputs["lr"])) * direction, dtype)
+
+
+def _clipped_grad(prediction: Prediction, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The gradient the optimizer was given: clipped as ``clip_grad_norm_`` does (its
+    coefficient computed and applied in the gradient's dtype), negated with ``maximize``."""
+    grad = inputs["grad"]
+    g = _wide(grad)
+    max_norm = prediction.constants.get("max_grad_norm")
+    if max_norm is not None:
+        norm = _wide(_round(np.asarray(inputs["grad_norm"], dtype=_F32), grad.dtype))
+        coef = _wide(_round(_F32(max_norm) / (norm + _F32(CLIP_EPS)), grad.dtype))
+        if coef < 1:
+            g = _wide(_round(g * coef, grad.dtype))
+    return -g if prediction.constants.get("maximize") else g
+
+
+def _wide(values: np.ndarray) -> np.ndarray:
+    """Values in the arithmetic's precision: float32 (torch's opmath for bf16/fp16), or
+    float64 for float64 fields."""
+    values = np.asarray(values)
+    return values.astype(np.float64 if values.dtype == np.float64 else _F32)
+
+
+def _round(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round to the field's dtype (to nearest, ties to even)."""
+    return np.asarray(values).astype(dtype)
+
+
+def _power(base: float, exponent: int) -> float:
+    """``base ** exponent`` by repeated squaring: IEEE multiplications only, the same bits on
+    every machine (``pow`` in a C library need not be correctly rounded)."""
+    result, factor = 1.0, float(base)
+    while exponent:
+        if exponent & 1:
+            result *= factor
+        factor *= factor
+        exponent >>= 1
+    return result
