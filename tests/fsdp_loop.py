@@ -85,9 +85,17 @@ def refused(attempt) -> None:
     try:
         attempt()
     except wordybird.WordybirdError as error:
-        print(f"refused: {error}", flush=True)
+        say(f"refused: {error}")
     else:
-        print("accepted", flush=True)
+        say("accepted")
+
+
+def say(line: str) -> None:
+    """One line in one write: both processes share the pipe, and under torchrun (which sets
+    PYTHONUNBUFFERED) print() writes the text and its newline apart, so two processes' lines
+    could merge (seen once)."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
 
 
 class RowNormSGD(torch.optim.SGD):
