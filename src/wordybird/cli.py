@@ -7,6 +7,7 @@ are imported only when invoked, so ``wordybird --help`` answers without importin
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -91,5 +92,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
 
 
+def console_main() -> None:
+    """The ``wordybird`` program: :func:`main`, then its exit. After S3 access the exit skips
+    the interpreter's teardown: obstore's Tokio worker threads outlive every request and are
+    never told to stop, and one that wakes while the interpreter finalizes aborts the whole
+    process (SIGABRT; seen once after a finished ``wordybird analyze`` of an s3://
+    recording, and reported for other pyo3/Tokio extensions). By then every file the command
+    wrote is closed; ``main`` itself stays safe to call in a process that goes on."""
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    if "obstore" not in sys.modules:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()
