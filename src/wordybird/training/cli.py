@@ -151,13 +151,12 @@ def train(out: Path | str, lr: float, resume: bool, **options: Any) -> None:
 
     _quiet_libraries()
     places = {"local_dir": options["local_dir"], "storage_options": options["storage_options"]}
+    if resume and options["overwrite"]:
+        raise WordybirdError("--resume and --overwrite exclude each other")
+    _say_local_dir(out, options)
     if resume:
-        if options["overwrite"]:
-            raise WordybirdError("--resume and --overwrite exclude each other")
-        _say_local_dir(out, options)
         result = experiments.resume(out, **places)
     else:
-        _say_local_dir(out, options)
         config = _config(options, lr)
         if process_count() > 1:
             _say(_setting_line("batch_size", config.batch_size, "given"))
