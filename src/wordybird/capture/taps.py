@@ -138,7 +138,8 @@ class Taps:
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self._grads: dict[str, torch.Tensor] = {}
         self._grad_seen: set[str] = set()
-        self._grad_sq_norms: dict[int, torch.Tensor] = {}
+        self._grad_sq_norms: dict[int, torch.Tensor] = {}  # of the scaled gradients
+        self._inv_scale = 1.0  # the grad scaler's 1 / scale at the last backward
         self._lrs: dict[str, float] = {}
         self._state_keys: dict[str, dict[str, str]] | None = None  # name -> field -> key
         self._narrowed: set[str] = set()  # the fields store_dtype converts
@@ -179,16 +180,14 @@ class Taps:
         """
         self._collect_queued = False
         grads = {id(p): p.grad for p in self._trainable if p.grad is not None}
-        # as scaler.unscale_ does: grad * (1 / scale); a power of two, so the norm of the
-        # scaled gradient times it is the unscaled gradient's norm, without a copy
+        # as scaler.unscale_ does: grad * (1 / scale); a power of two, so the global norm
+        # of the scaled gradients times it is the unscaled one's (see _global_norm)
         inv_scale = 1.0 if self.scaler is None else 1.0 / float(self.scaler.get_scale())
+        self._inv_scale = inv_scale
         # fp32 at least (bf16 grads), the grad's own dtype when wider (fp64)
         self._grad_sq_norms = {
-            key: (
-                torch.linalg.vector_norm(
-                    local(g.detach()), dtype=torch.promote_types(g.dtype, torch.float32)
-                )
-                * inv_scale
+            key: torch.linalg.vector_norm(
+                local(g.detach()), dtype=torch.promote_types(g.dtype, torch.float32)
             )
             .float()
             .square()
@@ -318,7 +317,10 @@ class Taps:
         if self._split:
             split = [n for key, n in self._grad_sq_norms.items() if key in self._split]
             norms.append(sum_over_processes(split))
-        return torch.stack(norms).sum().sqrt() if norms else torch.tensor(0.0)
+        if not norms:
+            return torch.tensor(0.0)
+        norm = torch.stack(norms).sum().sqrt()
+        return norm if self._inv_scale == 1.0 else norm * self._inv_scale
 
     def field_names(self, name: str) -> dict[str, str]:
         """Parameter ``name``'s fields by role (after the first :meth:`fields`): ``value``,
