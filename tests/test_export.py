@@ -312,15 +312,16 @@ HANGING_EXPORT = textwrap.dedent("""
     store, out, target, hang_at, steps_per_file = sys.argv[1:]
     writes = 0
     write = writer._write
-    def write_then_hang(fd, data, progress):  # at the hang_at-th write into target's file
+    def write_then_hang(fd, offset, data, progress):  # at the hang_at-th write into target
         global writes
-        write(fd, data, progress)
+        written = write(fd, offset, data, progress)
         name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
         if name == target or name.startswith(f".{target}."):  # itself, or its temporary
             writes += 1
             if writes == int(hang_at):
                 print("hanging", flush=True)
                 time.sleep(600)
+        return written
     writer._write = write_then_hang
     writer.BLOCK_BYTES = 1  # one step per block: many writes
     writer.export_safetensors(store, out, steps_per_file=int(steps_per_file) or None)

@@ -25,6 +25,7 @@ import wordybird
 from wordybird import RecorderCallback, StreamingRecorder
 from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.recorder import bf16  # noqa: F401  (registers the Zarr bfloat16 type)
+from wordybird.recorder import format as format_module
 from wordybird.recorder.check import check_recording
 from wordybird.recorder.delta import delta_encode
 from wordybird.recorder.predict import PREDICTOR_VERSION, Prediction, predict
@@ -305,6 +306,33 @@ def test_a_truncated_and_resumed_recording_predicts_from_the_steps_on_disk(tmp_p
     for position in (9, 10, 17, 23):  # the first steps after the resume are predicted too
         for field in ADAM_PREDICTIONS:
             assert np.mean(residuals(path, field, position) == 0) > 0.9, (field, position)
+
+
+def test_an_export_decodes_each_predicted_step_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step of the parameter is predicted from the same step's moments, and they from its
+    gradient: the export reads every big field of a step together, so each field's step is
+    predicted once (read field after field, the moments and gradient were decoded again
+    for every field predicted from them)."""
+    steps = adam_steps(20)
+    stores = {mode: tmp_path / f"{mode}.zarr" for mode in ("default", "predictive")}
+    for mode, path in stores.items():
+        record(path, steps, range(1, 21), mode=mode)
+    predictions: list[str] = []
+
+    def counted(prediction: Prediction, *args: object) -> np.ndarray:
+        predictions.append(prediction.rule)
+        return predict(prediction, *args)
+
+    monkeypatch.setattr(format_module, "predict", counted)
+    out = {
+        mode: wordybird.export(path, tmp_path / f"{mode}.safetensors")
+        for mode, path in stores.items()
+    }
+    assert Path(out["predictive"]).read_bytes() == Path(out["default"]).read_bytes()
+    # 20 positions, keyframes at 0 and 16: 18 predicted steps of w, m and v each
+    assert sorted(predictions) == sorted(["adam_param", "adam_exp_avg", "adam_exp_avg_sq"] * 18)
 
 
 # -- the predictor: the same bits in any process ---------------------------------------------

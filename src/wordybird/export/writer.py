@@ -3,9 +3,16 @@
 The safetensors library only writes files from tensors in RAM (the notebook's scheme: every
 step held, then stacked into a second copy, 7.7 GB peak for 2.6 GB of data). Its format is
 simple enough to write ourselves: the header first (every shape is known from the
-recording), then each tensor's bytes in file order, read from the store a block of steps at
-a time. A reader thread decodes the next blocks while the main thread writes, so the export
-runs at close to the disk's speed with a few blocks of memory.
+recording), then each tensor's bytes at their place in the file, read from the store a block
+at a time. A reader thread decodes the next blocks while the main thread writes, so the
+export runs at close to the disk's speed with a few blocks of memory.
+
+Small fields are read a field at a time, in blocks of many steps. Big fields (a chunk per
+step in a store) are read a step at a time, every big field of one step before the next
+step: a predictive store decodes a step's parameter from the same step's gradient and
+optimizer state, so reading them together decodes each field's step once, where a field
+after field order would decode the gradient and moments again for every field predicted
+from them (measured: benchmarks/bench_predictive.py).
 
 Every file appears under its name only when complete (``wordybird.atomic``). A split
 export writes its files one by one and its index last.
@@ -48,7 +55,7 @@ from wordybird.export.select import (
     select_positions,
     split_metadata,
 )
-from wordybird.recording import STEPS_FIELD, Recording
+from wordybird.recording import SMALL_STEP_BYTES, STEPS_FIELD, Recording
 
 #: Steps read from the store at once: a field's block of consecutive steps holds at most this
 #: many bytes (one step of a large field; all steps of a small one, in one store read).
@@ -174,31 +181,38 @@ class _FilePlan:
 
     def write(self, out: Path, progress: Callable[[int], None] | None) -> None:
         """Stream the file to ``out`` (atomically: complete under that name, or absent)."""
-        jobs = (
-            job
-            for entry in self.placed
-            for job in (
-                [partial(self.tensors.__getitem__, entry.name)]
-                if entry.name in self.tensors
-                else _blocks(self.rec, entry.name, self.positions)
-            )
-        )
         with atomic_file(out) as fd:
-            _write(fd, memoryview(self.header), progress)
+            written = _write(fd, 0, memoryview(self.header), progress)
             try:
-                for block in _read_ahead(jobs):
-                    _write(fd, _bytes_of(block), progress)
+                for offset, block in _read_ahead(self._reads()):
+                    written += _write(fd, len(self.header) + offset, _bytes_of(block), progress)
             except DamagedRecordingError as exc:
                 raise DamagedRecordingError(
                     f"{exc}; `wordybird check` lists the damage, and export --skip-damaged "
                     "(skip_damaged=True) exports the steps that still read"
                 ) from exc
-            written = os.lseek(fd, 0, os.SEEK_CUR)
             if written != self.size:  # never leave a file its header belies
                 raise WordybirdError(
                     f"{self.rec.path} gave {written:,} bytes for {out}, its header announced "
                     f"{self.size:,}"
                 )
+
+    def _reads(self) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+        """Every read that fills the data section, with its offset there: the tensors at
+        hand, the small fields in blocks, then the big fields step after step (see the
+        module's docstring)."""
+        big = []
+        for entry in self.placed:
+            if entry.name in self.tensors:
+                yield entry.begin, partial(self.tensors.__getitem__, entry.name)
+            elif _step_nbytes(self.rec, entry.name) > SMALL_STEP_BYTES:
+                big.append(entry)
+            else:
+                yield from _blocks(self.rec, entry, self.positions)
+        for row, position in enumerate(self.positions):
+            for entry in big:
+                read = partial(self.rec.read_numpy, entry.name, slice(position, position + 1))
+                yield entry.begin + row * _step_nbytes(self.rec, entry.name), read
 
 
 def _write_split(
@@ -222,7 +236,7 @@ def _write_split(
         for path, part in zip(paths, parts, strict=True)
     ]
     with atomic_file(index) as fd:
-        _write(fd, memoryview(encode_index(SplitIndex(entries, parts[0].chosen))), None)
+        _write(fd, 0, memoryview(encode_index(SplitIndex(entries, parts[0].chosen))), None)
     for path in replaced:
         path.unlink(missing_ok=True)
     return index
@@ -236,33 +250,44 @@ def _listed_files(index: Path) -> set[Path]:
         return set()
 
 
+def _step_nbytes(rec: Recording, field: str) -> int:
+    return int(np.prod(rec.step_shape(field))) * rec.numpy_dtype(field).itemsize
+
+
 def _blocks(
-    rec: Recording, field: str, positions: Sequence[int]
-) -> Iterator[Callable[[], np.ndarray]]:
-    """Reads of ``field`` over ``positions`` in blocks of at most BLOCK_BYTES (one step min),
-    each a slice of consecutive positions."""
-    step_nbytes = max(1, int(np.prod(rec.step_shape(field))) * rec.numpy_dtype(field).itemsize)
-    per_block = max(1, BLOCK_BYTES // step_nbytes)
+    rec: Recording, entry: TensorEntry, positions: Sequence[int]
+) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+    """Reads of a field over ``positions`` in blocks of at most BLOCK_BYTES (one step min),
+    each a slice of consecutive positions, with its offset in the data section."""
+    step_nbytes = _step_nbytes(rec, entry.name)
+    per_block = max(1, BLOCK_BYTES // max(1, step_nbytes))
     for _, run in itertools.groupby(enumerate(positions), key=lambda item: item[1] - item[0]):
-        consecutive = [position for _, position in run]
+        consecutive = list(run)  # (row in the file, position) pairs
         for start in range(0, len(consecutive), per_block):
             block = consecutive[start : start + per_block]
-            yield partial(rec[field].numpy, slice(block[0], block[-1] + 1))
+            (row, first), last = block[0], block[-1][1]
+            read = partial(rec.read_numpy, entry.name, slice(first, last + 1))
+            yield entry.begin + row * step_nbytes, read
 
 
-def _read_ahead(jobs: Iterator[Callable[[], np.ndarray]]) -> Iterator[np.ndarray]:
-    """Run the reads on one worker thread, READ_AHEAD blocks ahead of the consumer."""
+def _read_ahead(
+    reads: Iterator[tuple[int, Callable[[], np.ndarray]]],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Run the reads, in order, on one worker thread, READ_AHEAD blocks ahead of the
+    consumer (one thread: a store's decoding chains follow one sequence of reads)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wordybird-export") as pool:
-        pending: deque[Future[np.ndarray]] = deque()
+        pending: deque[tuple[int, Future[np.ndarray]]] = deque()
         try:
-            for job in jobs:
-                pending.append(pool.submit(job))
+            for offset, read in reads:
+                pending.append((offset, pool.submit(read)))
                 if len(pending) > READ_AHEAD:
-                    yield pending.popleft().result()
+                    offset, future = pending.popleft()
+                    yield offset, future.result()
             while pending:
-                yield pending.popleft().result()
+                offset, future = pending.popleft()
+                yield offset, future.result()
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
 
@@ -274,12 +299,15 @@ def _bytes_of(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8))
 
 
-def _write(fd: int, data: memoryview, progress: Callable[[int], None] | None) -> None:
+def _write(fd: int, offset: int, data: memoryview, progress: Callable[[int], None] | None) -> int:
+    """Write ``data`` at ``offset`` of the file; the number of bytes written."""
+    total = len(data)
     while data:
-        written = os.write(fd, data)
-        data = data[written:]
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
         if progress is not None:
             progress(written)
+    return total
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:

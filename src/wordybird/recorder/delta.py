@@ -45,8 +45,10 @@ def delta_encode(bits: np.ndarray, previous: np.ndarray) -> np.ndarray:
 
 def delta_decode(stored: np.ndarray, previous: np.ndarray) -> np.ndarray:
     """Invert :func:`delta_encode`: the step's bits from its delta and the previous bits."""
-    diff = (stored >> 1) ^ (np.zeros_like(stored) - (stored & 1))
-    return previous + diff
+    diff, sign = stored >> 1, stored & 1
+    diff ^= np.negative(sign, out=sign)  # unsigned negation: 0 or all ones
+    diff += previous
+    return diff
 
 
 def decode_run(stored: np.ndarray) -> np.ndarray:
@@ -55,7 +57,8 @@ def decode_run(stored: np.ndarray) -> np.ndarray:
     The same as :func:`delta_decode` applied position after position, done as one wrapping
     cumulative sum along the first axis (unsigned sums wrap modulo 2^w, as the deltas do).
     """
-    diffs = (stored >> 1) ^ (np.zeros_like(stored) - (stored & 1))
+    diffs, sign = stored >> 1, stored & 1
+    diffs ^= np.negative(sign, out=sign)
     if len(diffs):
         diffs[0] = stored[0]
     return np.cumsum(diffs, axis=0, dtype=stored.dtype, out=diffs)
@@ -69,6 +72,7 @@ class DeltaChains:
     default the previous step itself). Each field's last encoded or decoded
     ``(position, bits)`` is kept, so recording, or reading steps in order (export,
     analysis), costs one chunk per step; a random step costs up to ``interval`` chunks.
+    Decoded steps are handed out read-only, without a copy: they are the cache itself.
 
     Args:
         interval: the keyframe interval K.
@@ -101,17 +105,19 @@ class DeltaChains:
         return stored
 
     def decode(self, name: str, position: int) -> np.ndarray:
-        """The step's bits at ``position``, added up from its keyframe (or the cached step)."""
+        """The step's bits at ``position`` (read-only), added up from its keyframe (or the
+        cached step)."""
         first = position - position % self.interval
         held = self._last.get(name)
         if held is not None and first <= held[0] <= position:
-            start, bits = held[0] + 1, held[1].copy()
+            start, bits = held[0] + 1, held[1]
         else:
             start, bits = first + 1, self._read_stored(name, first)
         for p, stored in self._stored_run(name, start, position + 1, bits.nbytes):
             bits = delta_decode(stored, self._reference(name, p, bits))
+        bits.flags.writeable = False
         self._last[name] = (position, bits)
-        return bits.copy()
+        return bits
 
     def _stored_run(
         self, name: str, start: int, stop: int, step_nbytes: int
