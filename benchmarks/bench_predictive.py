@@ -11,17 +11,20 @@
 4. A full sequential export of each store (goal: predictive <= 1.5x default).
 5. ``wordybird train`` recording in default and predictive mode vs ``--no-record`` (goal:
    predictive <= 1.10x).
-6. A WB2-length (1001-step) recording per mode, EXTRAPOLATED from this recording: its
-   bytes plus 900 times the mean bytes per step of its last whole keyframe run.
+6. With ``--wb2 PATH``: the size of a real WB2 (1001-step) run in each mode, the run as
+   recorded and re-recorded in the other two (needs ~20 GB of free disk; ~15 min).
 
 Run: ``python benchmarks/bench_predictive.py --recording runs/wb1/recording.zarr
-[--train-steps 30] [--reads 16]`` (``wordybird train`` writes that recording, ~5 min).
+[--train-steps 30] [--reads 16] [--wb2 runs/wb2/recording.zarr]`` (``wordybird train``
+writes the first recording in ~5 min, ``wordybird train --steps 1000 --out runs/wb2 --mode
+predictive`` the second in ~45 min).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -39,7 +42,6 @@ from wordybird.training.experiments import TrainConfig, train
 MODES = ("default", "compact", "predictive")
 ENTROPY_POSITIONS = (30, 60, 90)
 THROUGHPUT_STEPS = 32
-WB2_STEPS = 1001
 
 
 def notebook_predictions(metadata: dict) -> dict[str, Prediction]:
@@ -81,11 +83,6 @@ def entropy_bits(values: np.ndarray) -> float:
     counts = np.bincount(values.view(np.uint16).ravel(), minlength=1 << 16)
     p = counts[counts > 0] / values.size
     return float(-(p * np.log2(p)).sum())
-
-
-def position_bytes(store: Path, field: str, position: int) -> int:
-    """Bytes of one position's chunk files of a big field."""
-    return sum(f.stat().st_size for f in (store / field / "c" / str(position)).rglob("*"))
 
 
 def bench_compression(source: wordybird.Recording, stores: dict[str, Path]) -> None:
@@ -189,21 +186,30 @@ def bench_train(steps: int, workdir: Path) -> None:
     print(f"predictive: {verdict} the 1.10x goal")
 
 
-def bench_wb2(stores: dict[str, Path], count: int, interval: int = 16) -> None:
-    last_run = range(
-        (count - 1) // interval * interval - interval, (count - 1) // interval * interval
-    )
+def bench_wb2(wb2: Path, workdir: Path) -> None:
+    """Sizes of one real WB2 run in every mode: the recording itself, re-recorded step by
+    step in the modes it is not in."""
+    source = wordybird.open(wb2)
     print(
-        f"\n== 6. a {WB2_STEPS}-step (WB2) recording, EXTRAPOLATED: these {count} steps + "
-        f"{WB2_STEPS - count} × the mean step of positions {last_run.start}..{last_run.stop - 1} =="
+        f"\n== 6. a real {len(source)}-step run ({wb2}, recorded in {source.mode} mode), "
+        "in each mode =="
     )
-    for mode, store in stores.items():
+    raw = sum(source[f].numpy(0).nbytes for f in MATRIX_FIELDS) * len(source)
+    for mode in MODES:
+        if mode == source.mode:
+            store = wb2
+        else:
+            store = workdir / f"wb2-{mode}.zarr"
+            every = ((int(step), source.at_step(int(step))) for step in source.steps)
+            record(store, mode, every, notebook_predictions(source.metadata))
         with wordybird.open(store) as rec:
-            total = rec.size_on_disk()
-        per_step = statistics.mean(
-            sum(position_bytes(store, f, p) for f in (*MATRIX_FIELDS, "logits")) for p in last_run
-        )
-        print(f"{mode:10s} {(total + (WB2_STEPS - count) * per_step) / 1e9:6.2f} GB")
+            four = sum(rec.nbytes_on_disk(f) for f in MATRIX_FIELDS)
+            print(
+                f"{mode:10s} {rec.size_on_disk() / 1e9:6.2f} GB on disk; the four big fields "
+                f"{four / 1e9:6.2f} GB = {raw / four:5.2f}x"
+            )
+        if store != wb2:
+            shutil.rmtree(store)
 
 
 def main() -> None:
@@ -211,6 +217,7 @@ def main() -> None:
     parser.add_argument("--recording", type=Path, default=Path("runs/wb1/recording.zarr"))
     parser.add_argument("--train-steps", type=int, default=30, help="0: skip section 5")
     parser.add_argument("--reads", type=int, default=16)
+    parser.add_argument("--wb2", type=Path, help="a real WB2 recording, for section 6")
     args = parser.parse_args()
     source = wordybird.open(args.recording)
     predictions = notebook_predictions(source.metadata)
@@ -227,7 +234,8 @@ def main() -> None:
         bench_throughput(source, workdir, predictions)
         bench_reads(stores, args.reads)
         bench_export(stores, workdir)
-        bench_wb2(stores, len(source))
+        if args.wb2:
+            bench_wb2(args.wb2, workdir)
         if args.train_steps:
             bench_train(args.train_steps, workdir)
 

@@ -100,21 +100,26 @@ def chunk_shape(spec: FieldSpec) -> tuple[int, ...]:
     return (1, rows, *spec.shape[1:])
 
 
-def compressors_for(spec: FieldSpec) -> tuple[Any, ...]:
+def compressors_for(spec: FieldSpec, mode: str) -> tuple[Any, ...]:
     """Core Zarr codecs only (any Zarr v3 reader decodes them), then a crc32c checksum.
 
     Chosen by measurement on real Wordybird tensors (benchmarks/codecs.py). Values: blosc
     zstd level 3 with bit shuffle, which gathers the sign and exponent bits (few distinct
     values in a bf16 tensor) into long compressible runs: 1.9x at ~500 MB/s per core.
-    Deltas (compact mode) and residuals from a prediction (predictive mode) are small
-    integers whose high bytes are almost all zero: byte shuffle gathers those, and level 1
-    already packs them (3.4x at ~420 MB/s per core).
+    Differences are small integers whose high bytes are almost all zero, and level 1
+    already packs them (3.4x at ~420 MB/s per core). In compact mode the deltas of slowly
+    moving fields (the parameter, Adam's moments) make most of the store, and byte
+    shuffle packs them best (WB1 embeddings' deltas: 3.5x, against 2.9x bit-shuffled). In
+    predictive mode those fields' residuals are nearly all zero either way; what is left is
+    the gradient's deltas, which bit shuffle packs 5% (WB1) to 12% (WB2's later steps)
+    smaller, so predictive stores bit-shuffle every difference field.
     """
     if spec.step_nbytes <= SMALL_STEP_BYTES:
         return (ZstdCodec(level=3), Crc32cCodec())
     itemsize = spec.stored_dtype.itemsize
     if spec.encoding in DIFFERENCE_ENCODINGS:
-        blosc = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=itemsize)
+        shuffle = "bitshuffle" if mode == "predictive" else "shuffle"
+        blosc = BloscCodec(cname="zstd", clevel=1, shuffle=shuffle, typesize=itemsize)
     else:
         blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=itemsize)
     return (blosc, Crc32cCodec())
