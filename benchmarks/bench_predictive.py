@@ -11,8 +11,8 @@
 4. A full sequential export of each store (goal: predictive <= 1.5x default).
 5. ``wordybird train`` recording in default and predictive mode vs ``--no-record`` (goal:
    predictive <= 1.10x).
-6. With ``--wb2 PATH``: the size of a real WB2 (1001-step) run in each mode, the run as
-   recorded and re-recorded in the other two (needs ~20 GB of free disk; ~15 min).
+6. With ``--wb2 PATH``: the size of a real WB2 (1001-step) run re-recorded in each mode
+   (needs ~14 GB of free disk; ~12 min).
 
 Run: ``python benchmarks/bench_predictive.py --recording runs/wb1/recording.zarr
 [--train-steps 30] [--reads 16] [--wb2 runs/wb2/recording.zarr]`` (``wordybird train``
@@ -187,29 +187,23 @@ def bench_train(steps: int, workdir: Path) -> None:
 
 
 def bench_wb2(wb2: Path, workdir: Path) -> None:
-    """Sizes of one real WB2 run in every mode: the recording itself, re-recorded step by
-    step in the modes it is not in."""
+    """Sizes of one real WB2 run re-recorded, step by step, in every mode (the mode it was
+    recorded in too: its store may come from older code)."""
     source = wordybird.open(wb2)
-    print(
-        f"\n== 6. a real {len(source)}-step run ({wb2}, recorded in {source.mode} mode), "
-        "in each mode =="
-    )
+    print(f"\n== 6. a real {len(source)}-step run ({wb2}), re-recorded in each mode ==")
     raw = sum(source[f].numpy(0).nbytes for f in MATRIX_FIELDS) * len(source)
+    predictions = notebook_predictions(source.metadata)
     for mode in MODES:
-        if mode == source.mode:
-            store = wb2
-        else:
-            store = workdir / f"wb2-{mode}.zarr"
-            every = ((int(step), source.at_step(int(step))) for step in source.steps)
-            record(store, mode, every, notebook_predictions(source.metadata))
+        store = workdir / f"wb2-{mode}.zarr"
+        every = ((int(step), source.at_step(int(step))) for step in source.steps)
+        record(store, mode, every, predictions)
         with wordybird.open(store) as rec:
             four = sum(rec.nbytes_on_disk(f) for f in MATRIX_FIELDS)
             print(
                 f"{mode:10s} {rec.size_on_disk() / 1e9:6.2f} GB on disk; the four big fields "
                 f"{four / 1e9:6.2f} GB = {raw / four:5.2f}x"
             )
-        if store != wb2:
-            shutil.rmtree(store)
+        shutil.rmtree(store)
 
 
 def main() -> None:
