@@ -335,6 +335,26 @@ def test_an_export_decodes_each_predicted_step_once(
     assert sorted(predictions) == sorted(["adam_param", "adam_exp_avg", "adam_exp_avg_sq"] * 18)
 
 
+def test_writing_into_a_step_read_never_changes_the_next_one(tmp_path: Path) -> None:
+    """A reader keeps each field's last decoded step to decode the next from it: what it
+    hands out must be the reader's own copy, or a caller's edit would leak into every
+    later step of the keyframe run."""
+    steps = adam_steps(8)
+    stores = {mode: tmp_path / f"{mode}.zarr" for mode in MODES}
+    for mode, path in stores.items():
+        record(path, steps, range(1, 9), mode=mode)
+    with wordybird.open(stores["default"]) as raw:
+        want = {f: raw[f].numpy(slice(None)) for f in ADAM_PREDICTIONS}
+    for mode in ("compact", "predictive"):
+        with wordybird.open(stores[mode]) as rec:
+            for position in range(8):
+                for field in ADAM_PREDICTIONS:
+                    got = rec[field].numpy(position)
+                    assert got.tobytes() == want[field][position].tobytes(), (mode, field)
+                    got[...] = 0  # the caller's to keep and change
+                    rec.read(field, position).zero_()
+
+
 # -- the predictor: the same bits in any process ---------------------------------------------
 
 DETERMINISM = """
