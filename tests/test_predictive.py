@@ -26,6 +26,7 @@ from wordybird import RecorderCallback, StreamingRecorder
 from wordybird.errors import DamagedRecordingError, WordybirdError
 from wordybird.recorder import bf16  # noqa: F401  (registers the Zarr bfloat16 type)
 from wordybird.recorder import format as format_module
+from wordybird.recorder import predict as predict_module
 from wordybird.recorder.check import check_recording
 from wordybird.recorder.delta import delta_encode
 from wordybird.recorder.predict import PREDICTOR_VERSION, Prediction, predict
@@ -321,9 +322,9 @@ def test_an_export_decodes_each_predicted_step_once(
         record(path, steps, range(1, 21), mode=mode)
     predictions: list[str] = []
 
-    def counted(prediction: Prediction, *args: object) -> np.ndarray:
+    def counted(prediction: Prediction, *args: object, **kwargs: bool) -> np.ndarray:
         predictions.append(prediction.rule)
-        return predict(prediction, *args)
+        return predict(prediction, *args, **kwargs)
 
     monkeypatch.setattr(format_module, "predict", counted)
     out = {
@@ -353,6 +354,29 @@ def test_writing_into_a_step_read_never_changes_the_next_one(tmp_path: Path) -> 
                     assert got.tobytes() == want[field][position].tobytes(), (mode, field)
                     got[...] = 0  # the caller's to keep and change
                     rec.read(field, position).zero_()
+
+
+def test_the_writer_predicts_in_its_own_thread_and_a_reader_in_parallel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training keeps every core busy, so the writer's predictions stay in its thread (two
+    threads stalled the training on both cores: see ``WritableStore``); a reader waits for
+    its predictions, so it spreads them over the pool."""
+    pooled: list[int] = []
+    real_pool = predict_module._pool
+
+    def counted_pool():
+        pooled.append(1)
+        return real_pool()
+
+    monkeypatch.setattr(predict_module, "BLOCK", 1 << 12)  # several blocks a step
+    monkeypatch.setattr(predict_module, "_pool", counted_pool)
+    path = tmp_path / "p.zarr"
+    record(path, adam_steps(4), range(1, 5), mode="predictive")
+    assert pooled == []
+    with wordybird.open(path) as rec:
+        rec["w"].numpy(3)
+    assert len(pooled) == 9  # w, m and v at positions 1..3
 
 
 # -- the predictor: the same bits in any process ---------------------------------------------

@@ -77,6 +77,12 @@ class WritableStore(RecordingStore):
     it, so that a power loss (not only a killed process) keeps every committed step.
     """
 
+    #: The writer predicts in its own thread. It runs beside training, which keeps every
+    #: core busy: predictions spread over two threads stalled the training's parallel
+    #: regions on both cores at once (`wordybird train --mode predictive`, 30 steps:
+    #: 1.09-1.18x against --no-record; in one thread 1.06-1.08x, as default mode's writer).
+    parallel_predictions = False
+
     def __init__(
         self,
         path: Path,

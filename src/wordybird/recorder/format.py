@@ -66,6 +66,10 @@ class RecordingStore:
     committed positions. Writing is :class:`~wordybird.recorder.commit.WritableStore`'s.
     """
 
+    #: Whether a predictive store's predictions spread over a few threads (a reader
+    #: waits for them) or run in the decoding thread (see ``WritableStore``).
+    parallel_predictions = True
+
     def __init__(
         self,
         path: Location,
@@ -322,7 +326,13 @@ class Decoding:
             role: self._value(name, source, position)
             for role, source in spec.prediction.inputs.items()
         }
-        values = predict(spec.prediction, previous.view(spec.numpy_dtype), inputs, step)
+        values = predict(
+            spec.prediction,
+            previous.view(spec.numpy_dtype),
+            inputs,
+            step,
+            parallel=self._store.parallel_predictions,
+        )
         return values.view(spec.stored_dtype)
 
     def _step(self, position: int) -> int:

@@ -118,9 +118,12 @@ def predict(
     previous: np.ndarray,
     inputs: Mapping[str, np.ndarray],
     step: int,
+    *,
+    parallel: bool = True,
 ) -> np.ndarray:
     """The field's predicted values at recorded step ``step`` (in ``previous``'s dtype),
-    from its values at ``step - 1`` and the same-step ``inputs`` (by role)."""
+    from its values at ``step - 1`` and the same-step ``inputs`` (by role); with
+    ``parallel``, its blocks on a small thread pool, else all in the calling thread."""
     flat = previous.reshape(-1)
     tensors = {role: np.asarray(value) for role, value in inputs.items()}
     tensors = {role: v.reshape(-1) if v.ndim else v for role, v in tensors.items()}
@@ -138,10 +141,11 @@ def predict(
         out[part] = values
 
     starts = range(0, flat.size, BLOCK)
-    if len(starts) > 1:
+    if parallel and len(starts) > 1:
         list(_pool().map(run, starts))  # numpy releases the GIL: blocks run in parallel
     else:
-        run(0)
+        for start in starts:
+            run(start)
     return out.reshape(previous.shape)
 
 
