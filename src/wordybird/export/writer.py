@@ -201,18 +201,18 @@ class _FilePlan:
         """Every read that fills the data section, with its offset there: the tensors at
         hand, the small fields in blocks, then the big fields step after step (see the
         module's docstring)."""
-        big = []
+        big = []  # (entry, bytes of one step)
         for entry in self.placed:
             if entry.name in self.tensors:
                 yield entry.begin, partial(self.tensors.__getitem__, entry.name)
-            elif _step_nbytes(self.rec, entry.name) > SMALL_STEP_BYTES:
-                big.append(entry)
+            elif (step_nbytes := _step_nbytes(self.rec, entry.name)) > SMALL_STEP_BYTES:
+                big.append((entry, step_nbytes))
             else:
                 yield from _blocks(self.rec, entry, self.positions)
         for row, position in enumerate(self.positions):
-            for entry in big:
+            for entry, step_nbytes in big:
                 read = partial(self.rec.read_numpy, entry.name, slice(position, position + 1))
-                yield entry.begin + row * _step_nbytes(self.rec, entry.name), read
+                yield entry.begin + row * step_nbytes, read
 
 
 def _write_split(
