@@ -78,6 +78,13 @@ def record(path: Path, mode: str, steps, predictions: dict[str, Prediction]) -> 
     return time.perf_counter() - start
 
 
+def rerecord(
+    source: wordybird.Recording, path: Path, mode: str, predictions: dict[str, Prediction]
+) -> None:
+    """Every step of ``source``, read in order, recorded anew into ``path`` in ``mode``."""
+    record(path, mode, ((int(s), source.at_step(int(s))) for s in source.steps), predictions)
+
+
 def entropy_bits(values: np.ndarray) -> float:
     """Order-0 entropy per value of 16-bit words."""
     counts = np.bincount(values.view(np.uint16).ravel(), minlength=1 << 16)
@@ -205,8 +212,7 @@ def bench_wb2(wb2: Path, workdir: Path) -> None:
     predictions = notebook_predictions(source.metadata)
     for mode in MODES:
         store = workdir / f"wb2-{mode}.zarr"
-        every = ((int(step), source.at_step(int(step))) for step in source.steps)
-        record(store, mode, every, predictions)
+        rerecord(source, store, mode, predictions)
         with wordybird.open(store) as rec:
             four = sum(rec.nbytes_on_disk(f) for f in MATRIX_FIELDS)
             print(
@@ -229,11 +235,7 @@ def main() -> None:
         workdir = Path(tmp)
         stores = {mode: workdir / f"{mode}.zarr" for mode in MODES}
         for mode in MODES:
-            every = (
-                (int(source.steps[p]), source.at_step(int(source.steps[p])))
-                for p in range(len(source))
-            )
-            record(stores[mode], mode, every, predictions)
+            rerecord(source, stores[mode], mode, predictions)
         bench_compression(source, stores)
         bench_throughput(source, workdir, predictions)
         bench_reads(stores, args.reads)

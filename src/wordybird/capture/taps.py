@@ -317,10 +317,7 @@ class Taps:
         if self._split:
             split = [n for key, n in self._grad_sq_norms.items() if key in self._split]
             norms.append(sum_over_processes(split))
-        if not norms:
-            return torch.tensor(0.0)
-        norm = torch.stack(norms).sum().sqrt()
-        return norm if self._inv_scale == 1.0 else norm * self._inv_scale
+        return torch.stack(norms).sum().sqrt() * self._inv_scale if norms else torch.tensor(0.0)
 
     def field_names(self, name: str) -> dict[str, str]:
         """Parameter ``name``'s fields by role (after the first :meth:`fields`): ``value``,
