@@ -20,6 +20,7 @@ import torch
 from zarr.codecs import BloscCodec
 
 import wordybird
+from wordybird.location import RUN_RECORDING
 from wordybird.recorder.layout import FieldSpec, chunk_shape
 
 #: The notebook's GPT-2 embedding shape: vocabulary × hidden size.
@@ -106,7 +107,7 @@ def tensor_source(recording: Path | None, max_steps: int, workdir: Path) -> Tens
     print(f"no real tensors at hand: training {steps} steps at the notebook's config first")
     run = experiments.train(experiments.TrainConfig(steps=steps), workdir / "fresh-run")
     return _recording_source(
-        run.out / experiments.RECORDING, max_steps, f"a fresh {steps}-step training run"
+        run.out / RUN_RECORDING, max_steps, f"a fresh {steps}-step training run"
     )
 
 

@@ -135,9 +135,10 @@ CLI_REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
     "text-file-inspect": (("inspect", "{w}/notes.txt"), TEXT_FILE),
     "text-file-export": (("export", "{w}/notes.txt", OUT), TEXT_FILE),
     "text-file-analyze": (("analyze", "{w}/notes.txt"), TEXT_FILE),
-    "run-folder-not-its-recording": (
-        ("inspect", "{w}/wb1"),
-        "wb1 is not a wordybird recording (no zarr.json)",
+    "folder-not-a-recording": (
+        ("inspect", "{w}/empty"),
+        "empty is not a wordybird recording (no zarr.json), nor a run folder holding one "
+        "(recording.zarr)",
     ),
     "zarr-group-not-a-recording": (
         ("inspect", "{w}/plain.zarr"),

@@ -27,7 +27,7 @@ from wordybird import StreamingRecorder, WordybirdError
 from wordybird.export import select as export_select
 from wordybird.export import writer as export_writer
 from wordybird.export.layout import part_paths
-from wordybird.inspect import format_report, inspect_recording
+from wordybird.inspection import format_report, inspect_recording
 
 VOCAB, DIM, STEPS = 50, 4, 12
 BIG_FIELDS = ("embeddings", "grads", "momentum", "variance")
@@ -523,7 +523,7 @@ def test_reading_inspecting_checking_and_exporting_never_import_torch_or_dask(
         import wordybird
         wordybird.WordybirdError
         light = "zarr" not in sys.modules
-        from wordybird.inspect import inspect_recording
+        from wordybird.inspection import inspect_recording
         from wordybird.recorder.check import check_recording
         store, out = sys.argv[1:]
         inspect_recording(store)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import wordybird
 from wordybird import StreamingRecorder, WordybirdError
-from wordybird.inspect import inspect_recording
+from wordybird.inspection import inspect_recording
 
 STEPS = 20
 SCALARS = {"learning_rate": 1e-3, "n_trained": 7, "starting_step": 0}

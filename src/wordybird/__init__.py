@@ -60,16 +60,21 @@ def open(
 
 
 def __getattr__(name: str) -> Any:
+    from wordybird.extras import needing_extras
+
     if name == "StreamingRecorder":
-        from wordybird.recorder.writer import StreamingRecorder
+        with needing_extras("wordybird.StreamingRecorder"):
+            from wordybird.recorder.writer import StreamingRecorder
 
         return StreamingRecorder
     if name == "RecorderCallback":
-        from wordybird.training.callback import RecorderCallback
+        with needing_extras("wordybird.RecorderCallback", "train"):
+            from wordybird.training.callback import RecorderCallback
 
         return RecorderCallback
     if name in ("watch", "Watch"):
-        from wordybird.capture import loop
+        with needing_extras(f"wordybird.{name}"):
+            from wordybird.capture import loop
 
         return getattr(loop, name)
     if name == "export":  # the subpackage, callable as its export function

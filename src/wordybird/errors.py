@@ -33,3 +33,9 @@ def no_folder(folder: Path) -> str:
     if folder.exists():
         return f"{folder} is a file, not a folder"
     return f"folder {folder} does not exist"
+
+
+class MissingExtraError(WordybirdError, ModuleNotFoundError):
+    """A feature's optional dependency is not installed; the message names the extra that
+    installs it (``pip install 'wordybird[record]'``). Also a ``ModuleNotFoundError``, so
+    code that guards an optional import the usual way keeps working."""

@@ -41,13 +41,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wordybird.errors import WordybirdError
+from wordybird.extras import needing_extras
 from wordybird.recording import Recording
 
 if TYPE_CHECKING:
     import xarray
 
-#: What a missing extra says.
-INSTALL_HINT = "pip install 'wordybird[xarray]'"
 #: The dimension names the rule gives besides ``<owner>_dim<i>``.
 STEP, TOKEN, DIM = "step", "token", "dim"
 #: Recordings a process keeps open for Datasets' tasks (one per Dataset built).
@@ -56,13 +55,9 @@ _OPEN_LIMIT = 16
 
 def to_xarray(recording: Recording, *, token_field: str | None = None) -> xarray.Dataset:
     """See :meth:`Recording.to_xarray`."""
-    try:
+    with needing_extras("to_xarray"):
         import dask.array as da
         import xarray as xr
-    except ImportError as exc:
-        raise WordybirdError(
-            f"to_xarray needs xarray and dask ({exc.name} is not installed): {INSTALL_HINT}"
-        ) from exc
     n = len(recording)
     token_shape = _token_shape(recording, token_field)
     shapes = {field: recording.step_shape(field) for field in recording.fields}

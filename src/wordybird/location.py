@@ -17,6 +17,10 @@ from wordybird.errors import WordybirdError
 if TYPE_CHECKING:
     from zarr.abc.store import Store
 
+#: The recording inside a run folder (what ``wordybird train --out`` makes): readers given
+#: the run folder read it.
+RUN_RECORDING = "recording.zarr"
+
 
 def is_url(where: object) -> bool:
     """Whether ``where`` names object storage (``s3://…``) rather than a local path."""

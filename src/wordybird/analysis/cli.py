@@ -31,7 +31,7 @@ def _analyze_path(
     options = storage_options or None
     with wordybird.open(path, storage_options=options) as recording:
         if masks_path is None:
-            masks_path = default_masks_path(path)
+            masks_path = default_masks_path(recording.path)
             if fallback_masks is not None and not masks_exist(masks_path, options):
                 masks_path = fallback_masks
         vocab_size, _ = embeddings_shape(recording)
@@ -89,7 +89,7 @@ def analyze(
         _analyze_path(other, None, threshold, storage_options, fallback_masks=main.summary["masks"])
         for other in compare
     ]
-    out_dir = out if out is not None else recording.parent / "analysis"
+    out_dir = out if out is not None else Path(main.path).parent / "analysis"
     written = write_outputs(main, others, out_dir) + write_plots(main, others, out_dir)
     click.echo(format_report(main, others))
     click.echo(f"  wrote {', '.join(str(p) for p in written)}")

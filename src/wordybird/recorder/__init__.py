@@ -11,7 +11,10 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "StreamingRecorder":
-        from wordybird.recorder.writer import StreamingRecorder
+        from wordybird.extras import needing_extras
+
+        with needing_extras("wordybird.StreamingRecorder"):
+            from wordybird.recorder.writer import StreamingRecorder
 
         return StreamingRecorder
     if name == "ZarrRecording":

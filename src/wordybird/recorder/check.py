@@ -120,7 +120,7 @@ def check_recording(
     store = RecordingStore.open(path, read_only=True, storage_options=storage_options)
     damage = find_damage(store)
     return {
-        "path": str(path),
+        "path": str(store.path),
         "committed": store.committed,
         "fields": [STEPS_FIELD, *store.fields],
         "damaged": [asdict(d) for d in damage],

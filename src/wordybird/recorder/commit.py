@@ -148,6 +148,10 @@ class WritableStore(RecordingStore):
     def update_metadata(self, entries: Mapping[str, Any]) -> None:
         self._write_header(self._header, {**self._metadata, **_jsonable(dict(entries))})
 
+    def _configured(self, array: zarr.AsyncArray) -> zarr.AsyncArray:
+        """An array as the writer uses it: every chunk written (see ``ARRAY_CONFIG``)."""
+        return array.with_config(ARRAY_CONFIG)
+
     def _commit(self, count: int) -> None:
         """Write the header saying that positions [0, count) are valid, with the layout."""
         fields = {name: spec.to_json() for name, spec in self.fields.items()}
@@ -245,7 +249,7 @@ class WritableStore(RecordingStore):
         ``committed``. Every removal can be redone, so a kill in here is repaired by the next
         call."""
         if self.path.local is not None:  # zarr's atomic-write temporaries (S3 has none)
-            for leftover in self.path.local.rglob("*.partial"):
+            for leftover in self.path.local.rglob(f"*{storage.PARTIAL_SUFFIX}"):
                 leftover.unlink(missing_ok=True)
         named = [STEPS_FIELD, *self.fields] if self.fields else []
         sync(_remove_unnamed(self._disk, "", set(named)))

@@ -30,14 +30,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from wordybird.errors import DamagedRecordingError, WordybirdError
-from wordybird.location import Location
+from wordybird.location import RUN_RECORDING, Location
 from wordybird.recorder import (
     bf16,  # noqa: F401  (registers the Zarr bfloat16 type)
     storage,
 )
 from wordybird.recorder.delta import DeltaChains
 from wordybird.recorder.layout import (
-    ARRAY_CONFIG,
     DIFFERENCE_ENCODINGS,
     MODES,
     FieldSpec,
@@ -101,16 +100,22 @@ class RecordingStore:
         durable: bool = False,
         storage_options: Mapping[str, str] | None = None,
     ) -> RecordingStore:
-        """Open an existing recording (a folder or an ``s3://`` URL); clear errors for
+        """Open an existing recording (a folder or an ``s3://`` URL), or the one a run folder
+        holds (``recording.zarr``, as ``wordybird train`` leaves it); clear errors for
         anything that is not one."""
         path = Location.of(where, storage_options)
         if path.local is not None and not path.local.exists():
             raise WordybirdError(f"{path} does not exist")
         disk = path.store(read_only=read_only, durable=durable)
         if not _exists(path, disk, "zarr.json"):
+            if _exists(path, disk, f"{RUN_RECORDING}/zarr.json"):  # a run folder: its recording
+                return cls.open(path.child(RUN_RECORDING), read_only=read_only, durable=durable)
             if path.local is None and not sync(storage.any_key(disk, "")):
                 raise WordybirdError(f"{path} does not exist")
-            raise WordybirdError(f"{path} is not a wordybird recording (no zarr.json)")
+            raise WordybirdError(
+                f"{path} is not a wordybird recording (no zarr.json), nor a run folder "
+                f"holding one ({RUN_RECORDING})"
+            )
         try:
             group = sync(
                 zasync.open_group(store=disk, mode="r" if read_only else "r+", zarr_format=3)
@@ -173,8 +178,12 @@ class RecordingStore:
                     f"{self.path}: field {name!r} cannot be opened (its array metadata is "
                     f"damaged or missing): {exc!r}"
                 ) from exc
-            self._arrays[name] = array.with_config(ARRAY_CONFIG)
+            self._arrays[name] = self._configured(array)
         return self._arrays[name]
+
+    def _configured(self, array: zarr.AsyncArray) -> zarr.AsyncArray:
+        """An array as this store uses it (a reader: as it is)."""
+        return array
 
     def stored_length(self, name: str) -> int:
         """Positions the array holds on disk now (``committed`` or more while a step is in

@@ -32,9 +32,10 @@ class ZarrRecording(Recording):
         self, path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
     ) -> None:
         self._where = Location.of(path, storage_options)
-        #: the recording's folder (a Path), or its s3:// URL
-        self.path: Path | str = self._where.local or self._where.text
         self.refresh()
+        #: the recording's folder (a Path), or its s3:// URL (in a run folder: the
+        #: recording.zarr inside it)
+        self.path: Path | str = self._where.local or self._where.text
 
     def refresh(self) -> None:
         """Re-read the store to see steps committed since it was opened.
@@ -51,6 +52,7 @@ class ZarrRecording(Recording):
                 break
             store = again
         self._store = store
+        self._where = store.path  # a run folder's recording, once found
         self._steps = store.steps()
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,9 +29,9 @@ import zarr.storage
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage._local import _atomic_write  # its *.partial naming: resume removes them
 
 from wordybird.errors import WordybirdError
+from wordybird.extras import needing_extras
 
 if TYPE_CHECKING:
     from wordybird.location import Location
@@ -109,7 +110,9 @@ class _NotesMisses:
 
 class LocalStore(_NotesMisses, zarr.storage.LocalStore):
     """zarr's LocalStore plus what the commit protocol needs from it: a fault point before
-    every write and, when ``durable``, writes that reach the disk (LocalStore never fsyncs).
+    every write, every file written atomically (to a ``*.partial`` temporary beside it, then
+    renamed: zarr's own LocalStore wrote in place before zarr 3.1.3), and, when ``durable``,
+    writes that reach the disk (LocalStore never fsyncs).
 
     A durable write flushes its temporary file before renaming it into place, so after a
     power loss the file is the old or the new one, never a renamed but empty one; the
@@ -123,13 +126,21 @@ class LocalStore(_NotesMisses, zarr.storage.LocalStore):
         self._folders: set[Path] = set()
 
     async def set(self, key: str, value: Buffer) -> None:
+        await asyncio.to_thread(self.put, key, value.as_buffer_like())
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if not await self.exists(key):  # one writer: no race to lose
+            await self.set(key, value)
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        """Write the object ``key`` whole, atomically (and durably, in durable mode)."""
+        if self.read_only:
+            raise ValueError(f"{self.root} was opened read-only; cannot write {key}")
         fault_point(f"write:{key}")
-        if not self.durable:
-            await super().set(key, value)
-            return
-        self._check_writable()
-        await asyncio.to_thread(_put_durable, self.root / key, value)
-        self._folders.update(self.root / folder for folder in Path(key).parents)
+        path = self.root / key
+        put_file(path, data, durable=self.durable)
+        if self.durable:
+            self._folders.update(self.root / folder for folder in Path(key).parents)
 
     def take_folders(self) -> set[Path]:
         """The folders that got new file names since the last call."""
@@ -151,12 +162,8 @@ class S3Store(_NotesMisses, zarr.storage.ObjectStore):
         keys such as ``endpoint``, ``region``, ``access_key_id``, or client options such
         as ``allow_http``). A custom endpoint (a local or S3-compatible server) gets
         path-style requests, and plain HTTP when its URL says ``http://``."""
-        try:
+        with needing_extras(f"{url}: an s3:// recording"):
             from obstore.store import S3Store as ObstoreS3
-        except ModuleNotFoundError:
-            raise WordybirdError(
-                f"{url}: s3:// recordings need obstore: pip install 'wordybird[s3]'"
-            ) from None
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         config = {k: v for k, v in options.items() if k not in _CLIENT_OPTIONS}
@@ -183,14 +190,29 @@ class S3Store(_NotesMisses, zarr.storage.ObjectStore):
         return set()
 
 
-def _put_durable(path: Path, value: Buffer) -> None:
-    """zarr's atomic write (its ``*.partial`` temporary, renamed) with the data fsynced
-    before the rename."""
+#: The suffix of a file being written; a resume removes what a killed writer left.
+PARTIAL_SUFFIX = ".partial"
+
+
+def put_file(path: Path, data: memoryview | bytes, *, durable: bool) -> None:
+    """``data`` as the whole content of ``path``: written to a ``*.partial`` temporary
+    beside it (flushed to the disk first when ``durable``) and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_write(path, "wb") as file:
-        file.write(value.as_buffer_like())
-        file.flush()
-        os.fsync(file.fileno())
+    # named as zarr's LocalStore names its temporaries (3.1.3 and later)
+    temporary = path.with_suffix(f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temporary, path)
 
 
 async def gather_all(*steps: Awaitable[Any]) -> None:

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wordybird.errors import WordybirdError
-from wordybird.location import Location, is_url
+from wordybird.location import RUN_RECORDING, Location, is_url
 from wordybird.training.model import ComputeDtype, ModelConfig
 from wordybird.training.schedules import LRFactor, schedule_from_state
 
 Schedule = Literal["restart", "continue", "constant"]
 
-RECORDING = "recording.zarr"
 MASKS = "token_masks.safetensors"
 SUMMARY = "summary.json"
 RUN_FILE = "run.json"
@@ -141,7 +140,7 @@ class RunFolder:
     @property
     def recording(self) -> Location:
         """Where the run's recording is."""
-        return (self.remote or Location.of(self.local)).child(RECORDING)
+        return (self.remote or Location.of(self.local)).child(RUN_RECORDING)
 
     def upload(self, *names: str) -> None:
         """Copy the run folder's files ``names`` beside the remote recording (each one PUT,

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wordybird.atomic import write_atomically
 from wordybird.errors import WordybirdError, no_folder
-from wordybird.training.tokenizer import VOCAB_SIZE, cache_dir, load_tokenizer
+from wordybird.training.cache import cache_entry, write_entry
+from wordybird.training.tokenizer import VOCAB_SIZE, load_tokenizer
 
 #: docstrings shorter than this are mostly one-liners ("Return x.") that add little text
 MIN_DOCSTRING_CHARS = 40
@@ -79,11 +79,11 @@ def build_default_corpus_text() -> str:
 def default_corpus() -> Corpus:
     """The default corpus; built once per Python installation, then read from the cache."""
     key = hashlib.sha256(f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode()).hexdigest()
-    cached = cache_dir() / "corpus" / f"stdlib-docs-{key[:16]}.txt"
+    cached = cache_entry("corpus", f"stdlib-docs-{key[:16]}.txt")
     if cached.is_file():
         return Corpus(cached.read_text(encoding="utf-8"), "python-stdlib-docs")
     text = build_default_corpus_text()
-    write_atomically(cached, text.encode("utf-8"))
+    write_entry(cached, text.encode("utf-8"))
     return Corpus(text, "python-stdlib-docs")
 
 
@@ -118,7 +118,7 @@ def tokenize(corpus: Corpus) -> torch.Tensor:
 
     Tokenizing 2 MB takes seconds; every later run on the same text reads the cache.
     """
-    cached = cache_dir() / "tokens" / f"{corpus.sha256}.npy"
+    cached = cache_entry("tokens", f"{corpus.sha256}.npy")
     if cached.is_file():
         try:
             return torch.from_numpy(np.load(cached).astype(np.int64))
@@ -128,7 +128,7 @@ def tokenize(corpus: Corpus) -> torch.Tensor:
     with tempfile.TemporaryFile() as buffer:
         np.save(buffer, ids)
         buffer.seek(0)
-        write_atomically(cached, buffer.read())
+        write_entry(cached, buffer.read())
     return torch.from_numpy(ids.astype(np.int64))
 
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wordybird.errors import WordybirdError
-from wordybird.location import Location, is_url
+from wordybird.location import RUN_RECORDING, Location, is_url
 from wordybird.training.checkpoints import (
     check_process_count,
     is_weights_only,
@@ -42,7 +42,6 @@ from wordybird.training.checkpoints import (
 from wordybird.training.config import (
     CHECKPOINT_PREFIX,
     MASKS,
-    RECORDING,
     RUN_FILE,
     SUMMARY,
     RunFolder,
@@ -143,7 +142,7 @@ def _resumable(
     elif storage_options and folder.remote is None:
         Location.of(out, storage_options)  # refused: storage options for a local recording
     if _url(folder) != plan.remote:
-        records_to = plan.remote or f"its own folder ({folder.local / RECORDING})"
+        records_to = plan.remote or f"its own folder ({folder.local / RUN_RECORDING})"
         raise WordybirdError(
             f"cannot resume {out}: the run in {folder.local} records to {records_to}"
         )
@@ -211,7 +210,7 @@ def _prepare_out(folder: RunFolder, *, overwrite: bool, keep: Path | None = None
     if out.exists() and not out.is_dir():
         raise WordybirdError(f"output {out} exists and is not a folder")
     holds_run = (
-        (out / RECORDING).exists() or bool(list_checkpoints(out)) or (out / RUN_FILE).exists()
+        (out / RUN_RECORDING).exists() or bool(list_checkpoints(out)) or (out / RUN_FILE).exists()
     )
     remote_holds_run = folder.remote is not None and _holds_remote_run(folder.remote)
     if (holds_run or remote_holds_run) and not overwrite:
@@ -231,7 +230,7 @@ def _prepare_out(folder: RunFolder, *, overwrite: bool, keep: Path | None = None
         # continues from an old checkpoint into a half-deleted recording
         for name in (RUN_FILE, SUMMARY, MASKS):
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / RECORDING, ignore_errors=True)
+        shutil.rmtree(out / RUN_RECORDING, ignore_errors=True)
         for path in list_checkpoints(out).values():
             shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +239,7 @@ def _prepare_out(folder: RunFolder, *, overwrite: bool, keep: Path | None = None
 def _holds_remote_run(remote: Location) -> bool:
     from wordybird.recorder.storage import holds_keys, object_exists
 
-    return object_exists(remote.child(RUN_FILE)) or holds_keys(remote.child(RECORDING))
+    return object_exists(remote.child(RUN_FILE)) or holds_keys(remote.child(RUN_RECORDING))
 
 
 def _clear_remote_run(remote: Location) -> None:
@@ -249,7 +248,7 @@ def _clear_remote_run(remote: Location) -> None:
     from wordybird.recorder.format import is_recording
     from wordybird.recorder.storage import delete_object, delete_prefix, holds_keys
 
-    recording = remote.child(RECORDING)
+    recording = remote.child(RUN_RECORDING)
     if holds_keys(recording) and not is_recording(recording):
         raise WordybirdError(
             f"refusing to overwrite {recording}: it is not a wordybird recording (delete it "

