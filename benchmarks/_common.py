@@ -20,8 +20,8 @@ import torch
 from zarr.codecs import BloscCodec
 
 import wordybird
-from wordybird.location import RUN_RECORDING
 from wordybird.recorder.layout import FieldSpec, chunk_shape
+from wordybird.storage import RUN_RECORDING
 
 #: The notebook's GPT-2 embedding shape: vocabulary × hidden size.
 VOCAB, DIM = 50257, 64

@@ -33,8 +33,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from _common import VOCAB, Step, step_nbytes, synthetic_walk
-from wordybird import StreamingRecorder
-from wordybird.recorder import storage
+from wordybird import StreamingRecorder, storage
 
 DISTINCT_STEPS = 4
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}

@@ -323,7 +323,7 @@ HANGING_EXPORT = textwrap.dedent("""
                 time.sleep(600)
         return written
     writer._write = write_then_hang
-    writer.BLOCK_BYTES = 1  # one step per block: many writes
+    writer.EXPORT_BLOCK_BYTES = 1  # one step per block: many writes
     writer.export_safetensors(store, out, steps_per_file=int(steps_per_file) or None)
 """)
 

@@ -24,8 +24,10 @@ from transformers import Trainer, TrainingArguments
 import wordybird
 from wordybird import RecorderCallback, StreamingRecorder
 from wordybird.errors import DamagedRecordingError, WordybirdError
-from wordybird.recorder import bf16  # noqa: F401  (registers the Zarr bfloat16 type)
-from wordybird.recorder import format as format_module
+from wordybird.recorder import (
+    bf16,  # noqa: F401  (registers the Zarr bfloat16 type)
+    decoding,
+)
 from wordybird.recorder import predict as predict_module
 from wordybird.recorder.check import check_recording
 from wordybird.recorder.delta import delta_encode
@@ -326,7 +328,7 @@ def test_an_export_decodes_each_predicted_step_once(
         predictions.append(prediction.rule)
         return predict(prediction, *args, **kwargs)
 
-    monkeypatch.setattr(format_module, "predict", counted)
+    monkeypatch.setattr(decoding, "predict", counted)
     out = {
         mode: wordybird.export(path, tmp_path / f"{mode}.safetensors")
         for mode, path in stores.items()
@@ -360,7 +362,7 @@ def test_the_writer_predicts_in_its_own_thread_and_a_reader_in_parallel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Training keeps every core busy, so the writer's predictions stay in its thread (two
-    threads stalled the training on both cores: see ``WritableStore``); a reader waits for
+    threads stalled the training on both cores: see ``decoding.py``); a reader waits for
     its predictions, so it spreads them over the pool."""
     pooled: list[int] = []
     real_pool = predict_module._pool
@@ -369,7 +371,7 @@ def test_the_writer_predicts_in_its_own_thread_and_a_reader_in_parallel(
         pooled.append(1)
         return real_pool()
 
-    monkeypatch.setattr(predict_module, "BLOCK", 1 << 12)  # several blocks a step
+    monkeypatch.setattr(predict_module, "PREDICT_BLOCK", 1 << 12)  # several blocks a step
     monkeypatch.setattr(predict_module, "_pool", counted_pool)
     path = tmp_path / "p.zarr"
     record(path, adam_steps(4), range(1, 5), mode="predictive")

@@ -106,19 +106,19 @@ def test_other_zarr_readers_decode_the_default_mode(tmp_path: Path) -> None:
     (On S3: tests/test_s3.py.)"""
     ts = pytest.importorskip("tensorstore")
     path = tmp_path / "r.zarr"
-    big = {s: torch.randn(70_000, 16, generator=torch.Generator().manual_seed(s)) for s in range(3)}
+    big = {s: torch.randn(70_001, 16, generator=torch.Generator().manual_seed(s)) for s in range(3)}
     with StreamingRecorder(path) as rec:
         for s in range(3):
             rec.record(
                 s,
                 {
                     **make_step(s),
-                    "big": big[s].bfloat16(),  # 2.2 MB a step: two chunks of at most 2 MiB
+                    "big": big[s].bfloat16(),  # 2.2 MB a step: two chunks, the last padded
                     "wte.weight/value": big[s][:40, :8].bfloat16(),
                 },
             )
     meta = json.loads((path / "big" / "zarr.json").read_text())
-    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, 35_000, 16]
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, 35_001, 16]
     with wordybird.open(path) as rec:
         bf16_fields = [f for f in rec.fields if rec.dtype(f) == torch.bfloat16]
         assert bf16_fields == ["embeddings", "logits", "losses", "big", "wte.weight/value"]
@@ -701,48 +701,70 @@ def test_a_keyframe_run_decodes_in_one_pass_as_step_by_step(dtype: str) -> None:
     assert np.array_equal(decode_run(stored[:1].copy()), steps[:1])
 
 
-def test_a_large_step_is_written_a_few_fields_at_a_time() -> None:
-    """Chunks in flight stay bounded: zarr encodes 10 chunks of each array at once, so the
-    four 77 MB fields of GPT-2 small's embedding go one by one; a notebook step goes whole."""
-    from wordybird.recorder.commit import write_batches
+def spy_on_puts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
+    """(key, writing thread's name, writes in progress then) of every object put."""
+    from wordybird.storage import _local
 
-    def spec(name: str, shape: tuple[int, ...], dtype: str = "bfloat16") -> layout.FieldSpec:
-        return layout.FieldSpec(name, dtype, shape)
+    seen: list[tuple[str, str, int]] = []
+    running = [0]
+    lock = threading.Lock()
+    put = _local.put_file
 
-    matrices = ("embeddings", "grads", "momentum", "variance")
-    notebook = [spec(n, (50257, 64)) for n in matrices]
-    notebook += [spec("logits", (50257,)), spec("losses", ()), spec("grad_norms", (), "float32")]
-    assert write_batches(notebook) == [[s.name for s in notebook]]
-    wte = [spec(f"wte/{k}", (50257, 768)) for k in ("value", "grad", "exp_avg", "exp_avg_sq")]
-    wte += [spec("wte/step", (), "float32"), spec("grad_norms", (), "float32")]
-    assert write_batches(wte) == [
-        ["wte/value"],
-        ["wte/grad"],
-        ["wte/exp_avg"],
-        ["wte/exp_avg_sq", "wte/step", "grad_norms"],
-    ]
+    def spy(path: Path, parts: list[memoryview], *, durable: bool) -> None:
+        with lock:
+            running[0] += 1
+            seen.append((path.as_posix(), threading.current_thread().name, running[0]))
+        try:
+            time.sleep(0.002)  # long enough for writes side by side to overlap
+            put(path, parts, durable=durable)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(_local, "put_file", spy)
+    return seen
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_fields_written_one_by_one_round_trip(
-    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunks_are_encoded_on_the_codec_threads_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
-    from wordybird.recorder import commit
-
-    monkeypatch.setattr(commit, "IN_FLIGHT_BYTES", 0)  # every field in a batch of its own
-    batches: list[list[list[str]]] = []
-    original = commit.write_batches
-
-    def spy(specs: Sequence[layout.FieldSpec]) -> list[list[str]]:
-        batches.append(original(specs))
-        return batches[-1]
-
-    monkeypatch.setattr(commit, "write_batches", spy)
-    steps = [0, 1, 2]
-    record_steps(tmp_path / "r.zarr", steps, mode=mode)
-    assert batches == [[[name] for name in make_step(0)]] * len(steps)
+    """One codec thread: every chunk is encoded and written in the writer's own thread, one
+    at a time; three: big fields' chunks on the pool, at most three at once (the memory in
+    flight is bounded by the threads, whatever the step's size)."""
+    seen = spy_on_puts(monkeypatch)
+    big = torch.randn(70_001, 16).bfloat16()  # 2.2 MB a step: two chunks of at most 2 MiB
+    with StreamingRecorder(tmp_path / "r.zarr", codec_threads=threads) as rec:
+        for step in range(3):
+            rec.record(step, {**make_step(step), "a": big + step, "b": big - step})
+    chunks = [(key, thread, n) for key, thread, n in seen if "/c/" in key]
+    big_chunks = [c for c in chunks if "/a/c/" in c[0] or "/b/c/" in c[0]]
+    assert len(big_chunks) == 3 * 2 * 2
+    if threads == 1:
+        assert {thread for _, thread, _ in chunks} == {"wordybird-writer"}
+        assert max(n for _, _, n in chunks) == 1
+    else:
+        assert {thread for _, thread, _ in big_chunks} <= {
+            f"wordybird-codec_{i}" for i in range(threads)
+        }
+        assert 1 < max(n for _, _, n in big_chunks) <= threads
     with wordybird.open(tmp_path / "r.zarr") as rec:
-        assert rec.steps.tolist() == steps
-        for position, step in enumerate(steps):
-            for field, value in make_step(step).items():
-                assert same_bits(rec[field][position], value), (field, step)
+        for step in range(3):
+            assert same_bits(rec["a"][step], big + step)
+            assert same_bits(rec["b"][step], big - step)
+
+
+def test_codec_threads_are_chosen_by_where_training_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wordybird import knobs
+
+    monkeypatch.delenv(knobs.CODEC_THREADS_VARIABLE, raising=False)
+    assert knobs.codec_threads(None, on_gpu=False) == 1
+    assert knobs.codec_threads(None, on_gpu=True) == knobs.available_cores()
+    assert knobs.codec_threads(5, on_gpu=False) == 5
+    monkeypatch.setenv(knobs.CODEC_THREADS_VARIABLE, "2")
+    assert knobs.codec_threads(None, on_gpu=True) == 2
+    monkeypatch.setenv(knobs.CODEC_THREADS_VARIABLE, "two")
+    with pytest.raises(WordybirdError, match="WORDYBIRD_CODEC_THREADS='two'"):
+        knobs.codec_threads(None, on_gpu=False)
+    with pytest.raises(WordybirdError, match="codec_threads must be at least 1, got 0"):
+        StreamingRecorder("unused.zarr", codec_threads=0)

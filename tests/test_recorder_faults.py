@@ -1,5 +1,6 @@
 """The commit protocol under injected faults: a process killed, or the disk full, at each of
-its points (``storage.fault_point``), in both modes; then reopen, check, resume, check.
+its points (``wordybird.storage.fault_point``), in both modes; then reopen, check, resume,
+check.
 
 Random ``kill -9`` rarely lands inside the few milliseconds of a protocol step, so every
 point is hit on purpose. Kills are real process deaths: a child forked from a forkserver
@@ -14,18 +15,17 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
-import zarr.storage._local
 
 import wordybird
 from test_recorder import same_bits
-from wordybird import StreamingRecorder, WordybirdError
-from wordybird.recorder import storage
+from wordybird import StreamingRecorder, WordybirdError, storage
+from wordybird.storage import _local
 
 MODES = ["default", "compact"]
 #: [130, 64] bf16 is 16,640 bytes, just over layout.SMALL_STEP_BYTES: one chunk per step,
@@ -84,7 +84,7 @@ def stage(path: str, mode: str, scenario: str, point: str, occurrence: int) -> N
     """
     kill = at(point, occurrence, die)
     if scenario == "record":
-        storage.fault_point = kill
+        storage.set_fault_hook(kill)
         with StreamingRecorder(path, mode=mode, resume=Path(path).exists()) as rec:
             start = 0 if rec.last_step is None else rec.last_step + 1
             for step in range(start, STEPS):
@@ -94,7 +94,7 @@ def stage(path: str, mode: str, scenario: str, point: str, occurrence: int) -> N
             for step in range(STEPS):
                 rec.record(step, fault_step(step))
             rec.flush()
-            storage.fault_point = kill
+            storage.set_fault_hook(kill)
             rec.truncate(after_step=9)
 
 
@@ -173,20 +173,24 @@ def disk_full() -> None:
 class Disk:
     """The recording's disk, made to fill up at a chosen protocol point."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._monkeypatch = monkeypatch
-
     def full_at(self, point: str, occurrence: int) -> None:
         """The write (or step) at the occurrence-th ``point`` fails with ENOSPC."""
-        self._monkeypatch.setattr(storage, "fault_point", at(point, occurrence, disk_full))
+        storage.set_fault_hook(at(point, occurrence, disk_full))
 
     def space_is_back(self) -> None:
-        self._monkeypatch.undo()
+        storage.set_fault_hook(None)
 
 
 @pytest.fixture
-def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
-    return Disk(monkeypatch)
+def disk() -> Disk:
+    return Disk()
+
+
+@pytest.fixture(autouse=True)
+def no_fault_left_behind() -> Iterator[None]:
+    """Every test's fault hook ends with it."""
+    yield
+    storage.set_fault_hook(None)
 
 
 # (point, occurrence) where the disk fills up while recording steps 0..7, and the steps
@@ -240,16 +244,16 @@ def test_a_failed_write_leaves_no_write_running(
     none lands later, behind the back of a caller that already resumed or gave up."""
     path = tmp_path / "r.zarr"
     slow = "p/b/c/3/0/0"
-    put = zarr.storage._local._put
+    put = _local.put_file
 
-    def slow_put(target: Path, value: object, exclusive: bool = False) -> int:
+    def slow_put(target: Path, parts: list[memoryview], *, durable: bool) -> None:
         if target.as_posix().endswith(slow):
             time.sleep(0.3)
-        return put(target, value, exclusive=exclusive)
+        put(target, parts, durable=durable)
 
-    monkeypatch.setattr(zarr.storage._local, "_put", slow_put)
+    monkeypatch.setattr(_local, "put_file", slow_put)
     disk.full_at("write:a/c/3/0/0", 1)
-    rec = StreamingRecorder(path)
+    rec = StreamingRecorder(path, codec_threads=2)  # the step's chunks written side by side
     with pytest.raises(WordybirdError, match="No space left on device"):
         for step in range(5):
             rec.record(step, fault_step(step))
@@ -318,7 +322,7 @@ def test_durable_flushes_each_step_before_its_commit(
             events.append(("write", key.with_suffix("").as_posix()))
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(storage, "fault_point", note)
+    storage.set_fault_hook(note)
     with StreamingRecorder(path, durable=True, mode="compact") as rec:
         for step in range(3):
             rec.record(step, fault_step(step))

@@ -24,10 +24,9 @@ from test_analysis import V, wb1_and_wb3
 from test_distributed import WORDYBIRD, launch
 from test_recorder import same_bits
 from test_training_cli import TINY, wordybird_cli, write_corpus
-from wordybird import StreamingRecorder, WordybirdError
+from wordybird import StreamingRecorder, WordybirdError, storage
 from wordybird.analysis.hops import analyze
 from wordybird.analysis.masks import MASKS_FILENAME, load_masks
-from wordybird.recorder import storage
 
 moto_server = pytest.importorskip("moto.server")
 

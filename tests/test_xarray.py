@@ -20,12 +20,12 @@ from wordybird import StreamingRecorder, WordybirdError
 from wordybird.analysis.hops import analyze
 from wordybird.analysis.masks import load_masks
 from wordybird.errors import DamagedRecordingError
-from wordybird.lazy import dim_names
-from wordybird.location import RUN_RECORDING
 from wordybird.recorder.format import RecordingStore
+from wordybird.storage import RUN_RECORDING
 from wordybird.training.config import MASKS
 from wordybird.training.experiments import train
 from wordybird.training.model import VOCAB_SIZE
+from wordybird.xarray_adapter import dim_names
 
 xr = pytest.importorskip("xarray")
 da = pytest.importorskip("dask.array")

@@ -16,47 +16,13 @@ or exporting never imports torch.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wordybird._version import __version__
 from wordybird.errors import WordybirdError
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from wordybird.recording import Recording
-
-
-def open(
-    path: str | os.PathLike[str], *, storage_options: Mapping[str, str] | None = None
-) -> Recording:
-    """Open a recording lazily: a Zarr store (a folder or an ``s3://bucket/prefix`` URL,
-    with obstore ``storage_options`` overriding the AWS environment variables), an
-    exported ``.safetensors`` file, or a split export (its ``.index.json``, or the name it
-    was exported to)."""
-    from wordybird.location import is_url
-
-    if is_url(path) or Path(path).is_dir():
-        from wordybird.recorder.reader import ZarrRecording
-
-        return ZarrRecording(path, storage_options)
-    if storage_options:
-        raise WordybirdError(f"storage options apply to s3:// URLs, not to {path}")
-    p = Path(path)
-    from wordybird.export.layout import INDEX_SUFFIX, index_path
-    from wordybird.export.reader import SafetensorsRecording, SplitSafetensorsRecording
-
-    if p.is_file():
-        if p.name.endswith(INDEX_SUFFIX):
-            return SplitSafetensorsRecording(p)
-        return SafetensorsRecording(p)
-    if index_path(p).is_file():
-        return SplitSafetensorsRecording(index_path(p))
-    if not p.exists():
-        raise WordybirdError(f"{p} does not exist")
-    raise WordybirdError(f"{p} is neither a recording folder nor a safetensors file")
 
 
 def __getattr__(name: str) -> Any:
@@ -81,6 +47,10 @@ def __getattr__(name: str) -> Any:
         import wordybird.export
 
         return wordybird.export
+    if name == "open":
+        from wordybird.opening import open
+
+        return open
     if name == "Recording":
         from wordybird.recording import Recording
 
@@ -93,6 +63,7 @@ __all__ = [
     "Recording",
     "StreamingRecorder",
     "WordybirdError",
+    "__version__",
     "export",
     "open",
     "watch",

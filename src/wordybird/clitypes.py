@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from wordybird.location import is_url
+from wordybird.storage import is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,11 +5,17 @@ a :class:`WordybirdError` with a message that names what is wrong, so the CLI ca
 as one line and exit non-zero instead of dumping a traceback.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 
 class WordybirdError(Exception):
     """A user-facing failure with a clear, single-line explanation."""
+
+
+class RecordingNotFoundError(WordybirdError, FileNotFoundError):
+    """A recording (a folder, a file, an ``s3://`` prefix) that does not exist. Also a
+    ``FileNotFoundError``, so ``except FileNotFoundError`` catches it as it would ``open``'s."""
 
 
 class DamagedRecordingError(WordybirdError):
@@ -39,3 +45,8 @@ class MissingExtraError(WordybirdError, ModuleNotFoundError):
     """A feature's optional dependency is not installed; the message names the extra that
     installs it (``pip install 'wordybird[record]'``). Also a ``ModuleNotFoundError``, so
     code that guards an optional import the usual way keeps working."""
+
+
+def no_field(where: object, field: str, fields: Iterable[str]) -> KeyError:
+    """The error for a field a recording does not hold (a ``KeyError``, as a mapping's)."""
+    return KeyError(f"{where} has no field {field!r}; it has {', '.join(fields)}")

@@ -19,7 +19,7 @@ from typing import Any
 import click
 import numpy as np
 
-import wordybird
+from wordybird import opening
 from wordybird.clitypes import PathOrURL, storage_options
 from wordybird.recording import Recording
 
@@ -31,7 +31,7 @@ def inspect_recording(
     path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """A summary of the recording at ``path``: layout, steps, sizes, compression, loss."""
-    with wordybird.open(path, storage_options=storage_options) as rec:
+    with opening.open(path, storage_options=storage_options) as rec:
         steps = rec.steps
         report: dict[str, Any] = {
             "path": str(rec.path),

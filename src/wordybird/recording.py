@@ -5,17 +5,16 @@ split export: ``rec.steps``, ``rec.fields``, ``len(rec)``, ``rec.metadata``,
 ``rec[field][i]`` / ``rec[field][a:b]`` (torch tensors in the stored dtype),
 ``rec[field].numpy(i)`` (numpy arrays, bf16 as ``ml_dtypes.bfloat16``, without importing
 torch), ``rec.at_step(step)`` and ``rec.to_xarray()`` (a lazy, Dask-backed
-``xarray.Dataset``: ``lazy.py``). Nothing is read until indexed, and reading one step of a
+``xarray.Dataset``: ``xarray_adapter.py``). Nothing is read until indexed, and reading one step of a
 field touches only that step's bytes.
 
 Backends implement a handful of numpy-level methods; this module knows none of them, and
-``wordybird.open`` (the package root) picks the backend for a path.
+:func:`wordybird.opening.open` (``wordybird.open``) picks the backend for a path.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wordybird import constants
 from wordybird.dtypes import to_torch, torch_dtype_of
+from wordybird.errors import no_field
 
 if TYPE_CHECKING:
     import torch
@@ -32,13 +33,6 @@ if TYPE_CHECKING:
 
 #: Positions of a read: one position, or a unit-stride slice already within range.
 Index = int | slice
-#: The step numbers: stored beside the fields, read as :attr:`Recording.steps`.
-STEPS_FIELD = "recorded_steps"
-#: Fields whose one step is at most this many bytes are read in blocks of many steps
-#: (:meth:`Recording.block_length`); the store chunks them the same way (``layout.py``).
-SMALL_STEP_BYTES = 16 << 10
-#: Steps per block of such small fields.
-SMALL_FIELD_STEPS_PER_BLOCK = 1024
 
 
 class FieldView:
@@ -124,6 +118,10 @@ class Recording(ABC):
     def numpy_dtype(self, field: str) -> np.dtype:
         """The stored dtype of ``field`` as a numpy dtype."""
 
+    def step_nbytes(self, field: str) -> int:
+        """Bytes of one step of ``field``."""
+        return constants.step_nbytes(self.step_shape(field), self.numpy_dtype(field))
+
     @abstractmethod
     def read_numpy(self, field: str, index: Index) -> np.ndarray:
         """Values of ``field`` at a position or a (unit-stride, in-range) slice of positions."""
@@ -141,12 +139,13 @@ class Recording(ABC):
         """Positions per block of a parallel read (one Dask chunk along ``step``).
 
         Block ``k`` is positions ``[k·n, (k+1)·n)``, read at once by :meth:`read_block`. One
-        step for big fields, :data:`SMALL_FIELD_STEPS_PER_BLOCK` for fields of at most
-        :data:`SMALL_STEP_BYTES` a step; a store follows its chunks (and compact mode's
-        keyframe runs).
+        step for big fields, as many as a store's small-field chunk holds for fields of at
+        most ``SMALL_STEP_BYTES`` a step (``constants.py``); a store follows its chunks (and
+        compact mode's keyframe runs).
         """
-        nbytes = math.prod(self.step_shape(field)) * self.numpy_dtype(field).itemsize
-        return 1 if nbytes > SMALL_STEP_BYTES else SMALL_FIELD_STEPS_PER_BLOCK
+        if self.step_nbytes(field) > constants.SMALL_STEP_BYTES:
+            return 1
+        return constants.SMALL_FIELD_STEPS_PER_CHUNK
 
     def read_block(self, field: str, start: int, stop: int) -> np.ndarray:
         """Positions ``[start, stop)`` of ``field`` (within ``len(self)``), safe to call
@@ -169,13 +168,13 @@ class Recording(ABC):
 
         One variable per field, first dimension ``step`` (the step numbers are its
         coordinate); ``token``/``dim`` for the axes of the embedding matrix, ``<name>_dim<i>``
-        for other axes (``lazy.py`` states the rule; ``token_field`` names the [vocab, dim]
-        field when the recording has no ``embeddings``). A Dask chunk is one step of a big
-        field, a compact recording's keyframe run, or many steps of a small field. Runs on
+        for other axes (``xarray_adapter.py`` states the rule; ``token_field`` names the
+        [vocab, dim] field when the recording has no ``embeddings``). A Dask chunk is one step
+        of a big field, a compact recording's keyframe run, or many steps of a small field. Runs on
         any Dask scheduler, a ``distributed`` cluster's processes included. Needs
         ``pip install 'wordybird[xarray]'``.
         """
-        from wordybird.lazy import to_xarray
+        from wordybird.xarray_adapter import to_xarray
 
         return to_xarray(self, token_field=token_field)
 
@@ -200,7 +199,7 @@ class Recording(ABC):
 
     def __getitem__(self, field: str) -> FieldView:
         if field not in self.fields:
-            raise KeyError(f"{self.path} has no field {field!r}; it has {', '.join(self.fields)}")
+            raise no_field(self.path, field, self.fields)
         return FieldView(self, field)
 
     def __contains__(self, field: object) -> bool:

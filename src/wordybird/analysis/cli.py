@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-import wordybird
+from wordybird import opening
 from wordybird.analysis import hops
 from wordybird.analysis.hops import DEFAULT_THRESHOLD, Analysis
 from wordybird.analysis.masks import default_masks_path, load_masks, masks_exist
@@ -15,7 +15,7 @@ from wordybird.analysis.report import format_report, write_outputs
 from wordybird.analysis.run_inputs import embeddings_shape
 from wordybird.clitypes import PathOrURL, storage_options
 from wordybird.errors import WordybirdError
-from wordybird.location import is_url
+from wordybird.storage import is_url
 
 
 def _analyze_path(
@@ -29,7 +29,7 @@ def _analyze_path(
     """Open one recording, find its masks (given, beside it, else ``fallback_masks``) and
     analyse it."""
     options = storage_options or None
-    with wordybird.open(path, storage_options=options) as recording:
+    with opening.open(path, storage_options=options) as recording:
         if masks_path is None:
             masks_path = default_masks_path(recording.path)
             if fallback_masks is not None and not masks_exist(masks_path, options):

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file
 
 from wordybird.errors import WordybirdError
-from wordybird.location import Location, is_url
+from wordybird.storage import Location, is_url
 
 MASKS_FILENAME = "token_masks.safetensors"
 #: The two groups of tokens, in the order statistics are reported.
@@ -49,7 +49,7 @@ def masks_exist(
 ) -> bool:
     """Whether there is a masks file at ``path`` (a local path or an ``s3://`` URL)."""
     if is_url(path):
-        from wordybird.recorder.storage import object_exists
+        from wordybird.storage import object_exists
 
         return object_exists(Location.of(path, storage_options))
     return Path(path).is_file()
@@ -69,7 +69,7 @@ def load_masks(
     """
     data: bytes | None = None
     if is_url(path):
-        from wordybird.recorder.storage import get_object
+        from wordybird.storage import get_object
 
         path = str(path)
         data = get_object(Location.of(path, storage_options))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-import wordybird
+from wordybird import opening
 from wordybird.clitypes import PathOrURL, storage_options
 
 #: glibc's mallopt parameter for the number of malloc arenas.
@@ -92,7 +92,7 @@ def export(
 
     _keep_memory_flat()
     with (
-        wordybird.open(recording, storage_options=storage_options or None) as rec,
+        opening.open(recording, storage_options=storage_options or None) as rec,
         tqdm(unit="B", unit_scale=True, disable=quiet, desc=out.name, leave=False, delay=1) as bar,
     ):
         path = export_safetensors(

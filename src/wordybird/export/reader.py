@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from wordybird.errors import WordybirdError
+from wordybird.constants import STEPS_FIELD
+from wordybird.errors import WordybirdError, no_field
 from wordybird.export.layout import (
     FileLayout,
     LayoutError,
@@ -35,7 +36,7 @@ from wordybird.export.layout import (
     decode_header,
     read_index,
 )
-from wordybird.recording import STEPS_FIELD, Index, Recording
+from wordybird.recording import Index, Recording
 
 
 class SafetensorsRecording(Recording):
@@ -159,7 +160,7 @@ class SafetensorsRecording(Recording):
 
     def _field(self, field: str) -> str:
         if field not in self._fields:
-            raise KeyError(f"{self.path} has no field {field!r}; it has {', '.join(self._fields)}")
+            raise no_field(self.path, field, self._fields)
         return field
 
 

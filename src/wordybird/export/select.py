@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from wordybird.constants import STEPS_FIELD
 from wordybird.errors import WordybirdError
 from wordybird.export.layout import SCALAR_METADATA
 from wordybird.recorder.reader import ZarrRecording
-from wordybird.recording import STEPS_FIELD, Recording
+from wordybird.recording import Recording
 
 StepRange = tuple[int | None, int | None]
 

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-import wordybird
+from wordybird import opening
 from wordybird.atomic import atomic_file
+from wordybird.constants import SMALL_STEP_BYTES, STEPS_FIELD
 from wordybird.errors import DamagedRecordingError, WordybirdError, no_folder
 from wordybird.export.layout import (
     IndexEntry,
@@ -55,14 +56,8 @@ from wordybird.export.select import (
     select_positions,
     split_metadata,
 )
-from wordybird.recording import SMALL_STEP_BYTES, STEPS_FIELD, Recording
-
-#: Steps read from the store at once: a field's block of consecutive steps holds at most this
-#: many bytes (one step of a large field; all steps of a small one, in one store read).
-BLOCK_BYTES = 8 << 20
-#: Blocks decoded ahead of the writer. One overlaps decoding with writing; a second one
-#: measured no faster (benchmarks/bench_export.py) and cost ~10 MB of peak RSS.
-READ_AHEAD = 1
+from wordybird.knobs import EXPORT_BLOCK_BYTES, EXPORT_READ_AHEAD
+from wordybird.recording import Recording
 
 
 def export_safetensors(
@@ -110,7 +105,7 @@ def export_safetensors(
     if not split:
         _check_destination(out, overwrite)
     owned = not isinstance(recording_or_path, Recording)
-    rec = wordybird.open(recording_or_path) if owned else recording_or_path
+    rec = opening.open(recording_or_path) if owned else recording_or_path
     try:
         positions: Sequence[int] = select_positions(rec, steps)
         chosen = select_fields(rec, fields)
@@ -205,7 +200,7 @@ class _FilePlan:
         for entry in self.placed:
             if entry.name in self.tensors:
                 yield entry.begin, partial(self.tensors.__getitem__, entry.name)
-            elif (step_nbytes := _step_nbytes(self.rec, entry.name)) > SMALL_STEP_BYTES:
+            elif (step_nbytes := self.rec.step_nbytes(entry.name)) > SMALL_STEP_BYTES:
                 big.append((entry, step_nbytes))
             else:
                 yield from _blocks(self.rec, entry, self.positions)
@@ -250,17 +245,13 @@ def _listed_files(index: Path) -> set[Path]:
         return set()
 
 
-def _step_nbytes(rec: Recording, field: str) -> int:
-    return int(np.prod(rec.step_shape(field))) * rec.numpy_dtype(field).itemsize
-
-
 def _blocks(
     rec: Recording, entry: TensorEntry, positions: Sequence[int]
 ) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
-    """Reads of a field over ``positions`` in blocks of at most BLOCK_BYTES (one step min),
+    """Reads of a field over ``positions`` in blocks of at most EXPORT_BLOCK_BYTES (one step min),
     each a slice of consecutive positions, with its offset in the data section."""
-    step_nbytes = _step_nbytes(rec, entry.name)
-    per_block = max(1, BLOCK_BYTES // max(1, step_nbytes))
+    step_nbytes = rec.step_nbytes(entry.name)
+    per_block = max(1, EXPORT_BLOCK_BYTES // max(1, step_nbytes))
     for _, run in itertools.groupby(enumerate(positions), key=lambda item: item[1] - item[0]):
         consecutive = list(run)  # (row in the file, position) pairs
         for start in range(0, len(consecutive), per_block):
@@ -273,14 +264,14 @@ def _blocks(
 def _read_ahead(
     reads: Iterator[tuple[int, Callable[[], np.ndarray]]],
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Run the reads, in order, on one worker thread, READ_AHEAD blocks ahead of the
+    """Run the reads, in order, on one worker thread, EXPORT_READ_AHEAD blocks ahead of the
     consumer (one thread: a store's decoding chains follow one sequence of reads)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wordybird-export") as pool:
         pending: deque[tuple[int, Future[np.ndarray]]] = deque()
         try:
             for offset, read in reads:
                 pending.append((offset, pool.submit(read)))
-                if len(pending) > READ_AHEAD:
+                if len(pending) > EXPORT_READ_AHEAD:
                     offset, future = pending.popleft()
                     yield offset, future.result()
             while pending:

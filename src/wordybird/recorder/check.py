@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wordybird.constants import STEPS_FIELD
 from wordybird.errors import DamagedRecordingError
 from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.layout import DIFFERENCE_ENCODINGS
-from wordybird.recording import STEPS_FIELD
 
 
 @dataclass(frozen=True)

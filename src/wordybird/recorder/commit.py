@@ -10,62 +10,42 @@ whatever lies past them. Reading is :class:`~wordybird.recorder.format.Recording
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous as zasync
-from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 from zarr.core.sync import sync
 
 from wordybird.atomic import fsync_folder
+from wordybird.constants import MODES, STEPS_FIELD, Mode
 from wordybird.errors import WordybirdError, no_folder
-from wordybird.location import Location
-from wordybird.recorder import storage
+from wordybird.recorder.chunks import ChunkCodec, ChunkWriter, FieldChunks
+from wordybird.recorder.decoding import Decoding
 from wordybird.recorder.format import FORMAT_NAME, RecordingStore, format_version, is_recording
 from wordybird.recorder.layout import (
-    ARRAY_CONFIG,
     DEFAULT_KEYFRAME_INTERVAL,
-    MODES,
     STEPS_SPEC,
     FieldSpec,
-    Mode,
     chunk_shape,
     compressors_for,
 )
-from wordybird.recording import STEPS_FIELD
-
-#: Raw bytes of chunks that one step's write keeps in flight, about: zarr encodes up to
-#: ``async.concurrency`` (10) chunks of each array at once, each held raw, encoded and
-#: checksummed until stored. Writing every field of a step at once held ~230 MB for GPT-2
-#: small's embedding, its gradient and Adam state (4 fields of 37 chunks of 2 MB); fields
-#: are now written together only while their chunks in flight stay within this, so a step
-#: as small as the notebook's (~26 MB) is still written at once (benchmarks/bench_capture.py).
-IN_FLIGHT_BYTES = 32 << 20
-
-
-def write_batches(specs: Sequence[FieldSpec]) -> list[list[str]]:
-    """The fields of a step, in groups written one group after the other."""
-    concurrency = max(1, int(zarr.config.get("async.concurrency")))
-    batches: list[list[str]] = [[]]
-    load = 0
-    for spec in specs:
-        chunk = chunk_shape(spec)
-        chunk_bytes = int(np.prod(chunk, dtype=np.int64)) * spec.stored_dtype.itemsize
-        chunks = -(-spec.step_nbytes // chunk_bytes)  # a small field's one shared chunk: 1
-        cost = min(chunks, concurrency) * chunk_bytes
-        if batches[-1] and load + cost > IN_FLIGHT_BYTES:
-            batches.append([])
-            load = 0
-        batches[-1].append(spec.name)
-        load += cost
-    return batches
+from wordybird.storage import (
+    PARTIAL_SUFFIX,
+    Location,
+    RecordingDisk,
+    any_key,
+    fault_point,
+    gather_all,
+    open_store,
+)
 
 
 class WritableStore(RecordingStore):
@@ -77,22 +57,25 @@ class WritableStore(RecordingStore):
     it, so that a power loss (not only a killed process) keeps every committed step.
     """
 
-    #: The writer predicts in its own thread. It runs beside training, which keeps every
-    #: core busy: predictions spread over two threads stalled the training's parallel
-    #: regions on both cores at once (`wordybird train --mode predictive`, 30 steps:
-    #: 1.09-1.18x against --no-record; in one thread 1.06-1.08x, as default mode's writer).
-    parallel_predictions = False
-
     def __init__(
         self,
-        path: Path,
+        path: Location,
         group: zarr.AsyncGroup,
-        disk: storage.LocalStore,
+        disk: RecordingDisk,
         header: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
         super().__init__(path, group, disk, header, metadata)
         self._attrs_lock = threading.Lock()
+        self._field_chunks: dict[str, FieldChunks] = {}
+        self._writer: ChunkWriter | None = None
+        #: threads that encode a step's chunks (set before the first append; see knobs.py)
+        self.codec_threads = 1
+
+    def _new_decoding(self) -> Decoding:
+        """The writer predicts in its own thread: it runs beside training, which keeps every
+        core busy, and predictions spread over threads stalled training on every core."""
+        return Decoding(self, parallel_predictions=False)
 
     @classmethod
     def create(
@@ -101,13 +84,11 @@ class WritableStore(RecordingStore):
         *,
         metadata: Mapping[str, Any] | None,
         mode: Mode,
-        keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
         overwrite: bool = False,
         durable: bool = False,
-        storage_options: Mapping[str, str] | None = None,
     ) -> WritableStore:
         """Start a new, empty recording at ``where`` (a folder or an ``s3://`` URL)."""
-        path = Location.of(where, storage_options)
+        path = Location.of(where)
         if mode not in MODES:
             raise WordybirdError(f"unknown recording mode {mode!r}; choose one of {MODES}")
         local = path.local
@@ -116,14 +97,14 @@ class WritableStore(RecordingStore):
                 _make_room(path, overwrite, lambda: _remove(local), lambda: _empty_folder(local))
             if not local.parent.is_dir():
                 raise WordybirdError(f"cannot create {path}: {no_folder(local.parent)}")
-        disk = path.store(read_only=False, durable=durable)
-        if local is None and sync(storage.any_key(disk, "")):
+        disk = open_store(path, read_only=False, durable=durable)
+        if local is None and sync(any_key(disk, "")):
             _make_room(path, overwrite, lambda: sync(disk.delete_dir("")), lambda: False)
         header = {
             "format": FORMAT_NAME,
             "format_version": format_version(mode),
             "mode": mode,
-            "keyframe_interval": keyframe_interval,
+            "keyframe_interval": DEFAULT_KEYFRAME_INTERVAL,
             "committed": 0,
             "fields": {},
         }
@@ -148,17 +129,13 @@ class WritableStore(RecordingStore):
     def update_metadata(self, entries: Mapping[str, Any]) -> None:
         self._write_header(self._header, {**self._metadata, **_jsonable(dict(entries))})
 
-    def _configured(self, array: zarr.AsyncArray) -> zarr.AsyncArray:
-        """An array as the writer uses it: every chunk written (see ``ARRAY_CONFIG``)."""
-        return array.with_config(ARRAY_CONFIG)
-
     def _commit(self, count: int) -> None:
         """Write the header saying that positions [0, count) are valid, with the layout."""
         fields = {name: spec.to_json() for name, spec in self.fields.items()}
         self._write_header({**self._header, "committed": count, "fields": fields}, self._metadata)
 
     def _write_header(self, header: dict[str, Any], metadata: dict[str, Any]) -> None:
-        # One writer rewrites the whole attribute document; zarr's LocalStore replaces
+        # One writer rewrites the whole attribute document; the store replaces
         # zarr.json atomically, so a reader sees the old or the new header, never half. The
         # copy in memory changes only once the write succeeded: after a failure (a full
         # disk) `committed` and the errors quoting it still tell what the disk holds.
@@ -172,7 +149,7 @@ class WritableStore(RecordingStore):
         renamed file is found again after a power loss only if its folder entry was)."""
         folders = self._disk.take_folders()
         if folders:
-            sync(storage.gather_all(*(asyncio.to_thread(fsync_folder, f) for f in sorted(folders))))
+            sync(gather_all(*(asyncio.to_thread(fsync_folder, f) for f in sorted(folders))))
 
     # -- arrays ---------------------------------------------------------------------------
 
@@ -186,7 +163,7 @@ class WritableStore(RecordingStore):
 
         async def create() -> None:
             for spec in [STEPS_SPEC, *specs.values()]:
-                storage.fault_point("create_array")
+                fault_point("create_array")
                 self._arrays[spec.name] = await self._group.create_array(
                     spec.name,
                     shape=(0, *spec.shape),
@@ -196,7 +173,6 @@ class WritableStore(RecordingStore):
                     compressors=compressors_for(spec, self.mode),
                     serializer=BytesCodec(endian="little"),
                     attributes={"wordybird_encoding": spec.encoding, "wordybird_dtype": spec.dtype},
-                    config=ARRAY_CONFIG,
                 )
 
         sync(create())
@@ -209,38 +185,52 @@ class WritableStore(RecordingStore):
         mode flush them), and only then advance ``committed``.
         """
         n = self.committed
-        self._decoding.pending = (n, step, arrays)  # inputs of this step's predictions
-        try:
-            arrays = {name: self._stored(n, name, value) for name, value in arrays.items()}
-        finally:
-            self._decoding.pending = None
-        targets = {name: self._array(name) for name in [STEPS_FIELD, *arrays]}
+        stored = {STEPS_FIELD: np.int64(step), **self._decoding.encode(n, step, arrays)}
+        targets = {name: self._array(name) for name in stored}
 
         async def grow() -> None:
             # resize() updates each array object's metadata in place
-            await storage.gather_all(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
+            await gather_all(*(a.resize((n + 1, *a.shape[1:])) for a in targets.values()))
 
-        async def write() -> None:
-            for i, batch in enumerate(write_batches([self.fields[name] for name in arrays])):
-                await storage.gather_all(
-                    *([targets[STEPS_FIELD].setitem(n, np.int64(step))] if i == 0 else []),
-                    *(targets[name].setitem(n, arrays[name]) for name in batch),
-                )
-
-        storage.fault_point("resize")
+        fault_point("resize")
         sync(grow())
-        storage.fault_point("resized")
-        sync(write())
+        fault_point("resized")
+        if self._writer is None:
+            self._writer = ChunkWriter(self._disk, self.codec_threads)
+        self._writer.write(self._chunks(n, stored))
         self._sync_folders()
-        storage.fault_point("commit")
+        fault_point("commit")
         self._commit(n + 1)
-        storage.fault_point("committed")
+        fault_point("committed")
+
+    def _chunks(
+        self, position: int, stored: Mapping[str, np.ndarray]
+    ) -> Iterator[tuple[str, np.ndarray, ChunkCodec]]:
+        """Every chunk of a step as stored, with its key and codec."""
+        for name, value in stored.items():
+            field = self._field_chunks.get(name)
+            if field is None:
+                read = functools.partial(self.read_stored, name)
+                field = self._field_chunks[name] = FieldChunks(self._array(name), read)
+            for key, data in field.chunks(position, np.asarray(value)):
+                yield key, data, field.codec
+
+    @property
+    def codec_pool_cpu_seconds(self) -> float:
+        """CPU seconds the codec threads spent so far (0 when chunks are encoded in the
+        writer's own thread)."""
+        return 0.0 if self._writer is None else self._writer.pool_cpu_seconds
+
+    def close(self) -> None:
+        """Stop the codec threads (the store stays readable)."""
+        if self._writer is not None:
+            self._writer.close()
 
     def truncate(self, count: int) -> None:
         """Keep only the first ``count`` committed positions; delete the rest from disk."""
         self._commit(max(0, min(count, self.committed)))  # uncommit first: a crash below
         self.forget_decoded()  # leaves a consistent store
-        storage.fault_point("truncate")
+        fault_point("truncate")
         self.discard_uncommitted()
 
     def discard_uncommitted(self) -> None:
@@ -249,7 +239,7 @@ class WritableStore(RecordingStore):
         ``committed``. Every removal can be redone, so a kill in here is repaired by the next
         call."""
         if self.path.local is not None:  # zarr's atomic-write temporaries (S3 has none)
-            for leftover in self.path.local.rglob(f"*{storage.PARTIAL_SUFFIX}"):
+            for leftover in self.path.local.rglob(f"*{PARTIAL_SUFFIX}"):
                 leftover.unlink(missing_ok=True)
         named = [STEPS_FIELD, *self.fields] if self.fields else []
         sync(_remove_unnamed(self._disk, "", set(named)))
@@ -259,23 +249,13 @@ class WritableStore(RecordingStore):
         async def shrink() -> None:
             for array in targets:
                 if array.shape[0] != n:
-                    storage.fault_point("shrink")
+                    fault_point("shrink")
                     await array.resize((n, *array.shape[1:]))
 
         sync(shrink())
 
-    def _stored(self, position: int, name: str, value: np.ndarray) -> np.ndarray:
-        """A step as stored: itself, or its difference from the previous step (compact) or
-        from its prediction (predictive)."""
-        spec = self.fields[name]
-        if spec.encoding == "raw":
-            return value
-        return self._decoding.chains.encode(
-            name, position, np.ascontiguousarray(value).view(spec.stored_dtype)
-        )
 
-
-async def _remove_unnamed(disk: Store, prefix: str, named: set[str]) -> None:
+async def _remove_unnamed(disk: RecordingDisk, prefix: str, named: set[str]) -> None:
     """Remove the folders under ``prefix`` that are neither a named array nor a group on
     the way to one (fields may be nested: ``"transformer.wte.weight/grad"``). Files (a
     group's ``zarr.json``) stay."""
@@ -286,8 +266,8 @@ async def _remove_unnamed(disk: Store, prefix: str, named: set[str]) -> None:
             continue
         if any(n.startswith(name + "/") for n in named):
             await _remove_unnamed(disk, name + "/", named)
-        elif await storage.any_key(disk, name + "/"):  # a folder, not a stray file
-            storage.fault_point("remove_orphan")
+        elif await any_key(disk, name + "/"):  # a folder, not a stray file
+            fault_point("remove_orphan")
             await disk.delete_dir(name)
 
 

@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from wordybird.errors import DamagedRecordingError
-
-#: Decoding reads the stored steps of a keyframe run in slices of at most this many bytes.
-RUN_READ_BYTES = 64 << 20
+from wordybird.knobs import RUN_READ_BYTES
 
 #: The bits a step is stored as a difference from, given the field, the position and the
 #: previous position's bits.
@@ -34,8 +32,8 @@ def delta_encode(bits: np.ndarray, previous: np.ndarray) -> np.ndarray:
     difference of two steps' bits is each coordinate's move in ULPs: 0 for the many that
     stay put, small for the rest. Zigzag (0, -1, 1, -2 … → 0, 1, 2, 3 …) keeps small moves
     of either direction small as unsigned numbers, so nearly all high bytes are zero. It
-    beat XOR with the previous step by 1.5x on real Wordybird steps (benchmarks/codecs.py):
-    a one-ULP move across a mantissa carry flips many bits but differs by one.
+    packs better than an XOR with the previous step (measured: benchmarks/codecs.py): a
+    one-ULP move across a mantissa carry flips many bits but differs by one.
     """
     width = bits.dtype.itemsize * 8
     signed = np.dtype(f"<i{bits.dtype.itemsize}")
@@ -134,7 +132,3 @@ class DeltaChains:
                     run = self._read_stored(name, slice(first, last))
             for p in range(first, last):
                 yield p, (self._read_stored(name, p) if run is None else run[p - first])
-
-    def forget(self) -> None:
-        """Drop the cache (after a truncation: the cached steps may be gone)."""
-        self._last.clear()

@@ -4,15 +4,15 @@ A recording is one Zarr v3 group. Every field is an array whose first axis is th
 step's position; ``recorded_steps`` holds the step numbers. The group's attributes hold a
 header (``attrs["wordybird"]``) with the format version, the field layout and ``committed``,
 the number of leading positions whose data is completely written. The header is rewritten
-(atomically, by zarr's LocalStore) only after all of a step's chunks are on disk, and it is
-the only truth: a process killed at any moment leaves a store whose first ``committed``
-positions are exact; positions past them, and arrays the header does not name, are ignored
-by readers and removed on resume (FORMAT.md, "Commit protocol").
+(atomically, as every file is: ``wordybird.storage``) only after all of a step's chunks are
+on disk, and it is the only truth: a process killed at any moment leaves a store whose
+first ``committed`` positions are exact; positions past them, and arrays the header does
+not name, are ignored by readers and removed on resume (FORMAT.md, "Commit protocol").
 
 The reader (``reader.py``) reaches the disk only through :class:`RecordingStore`, the
 writer (``writer.py``) through its writable subclass in ``commit.py``, which holds the
-commit protocol; the layout they apply is ``layout.py``'s, compact mode's codec
-``delta.py``'s, and their file access ``storage.py``'s.
+commit protocol; the layout they apply is ``layout.py``'s, the difference fields' chains
+``decoding.py``'s, and their file access ``wordybird.storage``'s.
 """
 
 from __future__ import annotations
@@ -25,25 +25,22 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.api.asynchronous as zasync
-from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+import wordybird.recorder.bf16  # noqa: F401  (registers the Zarr bfloat16 type)
+from wordybird.constants import MODES, STEPS_FIELD, Mode
 from wordybird.errors import DamagedRecordingError, WordybirdError
-from wordybird.location import RUN_RECORDING, Location
-from wordybird.recorder import (
-    bf16,  # noqa: F401  (registers the Zarr bfloat16 type)
-    storage,
+from wordybird.recorder.decoding import Decoding
+from wordybird.recorder.layout import FieldSpec
+from wordybird.storage import (
+    RUN_RECORDING,
+    Location,
+    RecordingDisk,
+    any_key,
+    missing_keys,
+    open_store,
 )
-from wordybird.recorder.delta import DeltaChains
-from wordybird.recorder.layout import (
-    DIFFERENCE_ENCODINGS,
-    MODES,
-    FieldSpec,
-    Mode,
-)
-from wordybird.recorder.predict import predict
-from wordybird.recording import STEPS_FIELD
 
 FORMAT_NAME = "wordybird.recording"
 #: default and compact stores; unchanged since the first release.
@@ -65,15 +62,11 @@ class RecordingStore:
     committed positions. Writing is :class:`~wordybird.recorder.commit.WritableStore`'s.
     """
 
-    #: Whether a predictive store's predictions spread over a few threads (a reader
-    #: waits for them) or run in the decoding thread (see ``WritableStore``).
-    parallel_predictions = True
-
     def __init__(
         self,
         path: Location,
         group: zarr.AsyncGroup,
-        disk: Store,
+        disk: RecordingDisk,
         header: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
@@ -84,10 +77,15 @@ class RecordingStore:
         self._metadata = metadata
         self._arrays: dict[str, zarr.AsyncArray] = {}
         self._step_numbers = np.zeros(0, dtype=np.int64)  # known so far, for predictions
-        self._decoding = Decoding(self)
         self.fields: dict[str, FieldSpec] = {
             name: FieldSpec.from_json(name, data) for name, data in header["fields"].items()
         }
+        self._decoding = self._new_decoding()
+
+    def _new_decoding(self) -> Decoding:
+        """The chains of this store's reads: a reader waits for its predictions, so they
+        spread over a few threads."""
+        return Decoding(self, parallel_predictions=True)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -106,11 +104,11 @@ class RecordingStore:
         path = Location.of(where, storage_options)
         if path.local is not None and not path.local.exists():
             raise WordybirdError(f"{path} does not exist")
-        disk = path.store(read_only=read_only, durable=durable)
+        disk = open_store(path, read_only=read_only, durable=durable)
         if not _exists(path, disk, "zarr.json"):
             if _exists(path, disk, f"{RUN_RECORDING}/zarr.json"):  # a run folder: its recording
                 return cls.open(path.child(RUN_RECORDING), read_only=read_only, durable=durable)
-            if path.local is None and not sync(storage.any_key(disk, "")):
+            if path.local is None and not sync(any_key(disk, "")):
                 raise WordybirdError(f"{path} does not exist")
             raise WordybirdError(
                 f"{path} is not a wordybird recording (no zarr.json), nor a run folder "
@@ -178,12 +176,8 @@ class RecordingStore:
                     f"{self.path}: field {name!r} cannot be opened (its array metadata is "
                     f"damaged or missing): {exc!r}"
                 ) from exc
-            self._arrays[name] = self._configured(array)
+            self._arrays[name] = array
         return self._arrays[name]
-
-    def _configured(self, array: zarr.AsyncArray) -> zarr.AsyncArray:
-        """An array as this store uses it (a reader: as it is)."""
-        return array
 
     def stored_length(self, name: str) -> int:
         """Positions the array holds on disk now (``committed`` or more while a step is in
@@ -225,11 +219,11 @@ class RecordingStore:
         """Positions ``[start, stop)`` decoded with chains of their own, shared with no other
         read: safe beside concurrent reads (Dask's threads), at the cost of decoding from
         the keyframe at or before ``start``."""
-        return Decoding(self).read(name, slice(start, stop))
+        return self._new_decoding().read(name, slice(start, stop))
 
     def forget_decoded(self) -> None:
         """Drop every decoded step kept for the chains (after a truncation: they may be gone)."""
-        self._decoding = Decoding(self)
+        self._decoding = self._new_decoding()
         self._step_numbers = np.zeros(0, dtype=np.int64)
 
     def step_number(self, position: int) -> int:
@@ -246,7 +240,7 @@ class RecordingStore:
         if isinstance(positions, int):
             positions = range(positions, positions + 1)
         try:
-            with storage.missing_keys() as missing:
+            with missing_keys() as missing:
                 values = sync(array.getitem(index))
             if missing:
                 raise FileNotFoundError(f"chunk {sorted(missing)[0]} is missing")
@@ -294,72 +288,6 @@ class RecordingStore:
         return sync(self._disk.getsize_prefix(f"{name}/" if name else ""))
 
 
-class Decoding:
-    """The keyframe chains of one reader of a store, and the predictions they decode through.
-
-    A predicted field's step is stored as its difference from :func:`predict`, fed with
-    its previous step and the same step's inputs (other fields, decoded through these same
-    chains), unless the previous position is not the previous step (a step between them
-    was not recorded): then, as in compact mode, from the previous step itself. While a
-    writer appends, ``pending`` holds the step being written, whose inputs are not stored
-    yet.
-    """
-
-    def __init__(self, store: RecordingStore) -> None:
-        self._store = store
-        self.chains = DeltaChains(store.keyframe_interval, store.read_stored, self.reference)
-        #: (position, step number, values by field) of a step being written
-        self.pending: tuple[int, int, Mapping[str, np.ndarray]] | None = None
-
-    def read(self, name: str, index: int | slice) -> np.ndarray:
-        spec = self._store.fields.get(name)
-        if spec is None or spec.encoding not in DIFFERENCE_ENCODINGS:
-            return self._store.read_stored(name, index)
-        if isinstance(index, slice):
-            positions = range(self._store.committed)[index]
-            out = np.empty((len(positions), *spec.shape), dtype=spec.numpy_dtype)
-            for row, position in enumerate(positions):
-                out[row] = self.chains.decode(name, position).view(spec.numpy_dtype)
-            return out
-        return self.chains.decode(name, index).view(spec.numpy_dtype)
-
-    def reference(self, name: str, position: int, previous: np.ndarray) -> np.ndarray:
-        """What ``name`` at ``position`` is stored as a difference from (see the class)."""
-        spec = self._store.fields[name]
-        if spec.prediction is None:
-            return previous
-        step = self._step(position)
-        if step != self._step(position - 1) + 1:
-            return previous
-        inputs = {
-            role: self._value(name, source, position)
-            for role, source in spec.prediction.inputs.items()
-        }
-        values = predict(
-            spec.prediction,
-            previous.view(spec.numpy_dtype),
-            inputs,
-            step,
-            parallel=self._store.parallel_predictions,
-        )
-        return values.view(spec.stored_dtype)
-
-    def _step(self, position: int) -> int:
-        if self.pending is not None and position == self.pending[0]:
-            return self.pending[1]
-        return self._store.step_number(position)
-
-    def _value(self, name: str, source: str, position: int) -> np.ndarray:
-        if self.pending is not None and position == self.pending[0]:
-            return self.pending[2][source]
-        if source not in self._store.fields:
-            raise WordybirdError(
-                f"{self._store.path}: field {name!r} is predicted from field {source!r}, which "
-                "the recording does not hold: it cannot be decoded"
-            )
-        return self.read(source, position)
-
-
 def is_recording(
     where: str | os.PathLike[str] | Location, options: Mapping[str, str] | None = None
 ) -> bool:
@@ -369,12 +297,12 @@ def is_recording(
     if location.local is not None:
         p = location.local / "zarr.json"
         return p.is_file() and FORMAT_NAME in p.read_text(errors="replace")
-    disk = location.store(read_only=True)
+    disk = open_store(location, read_only=True)
     found = sync(disk.get("zarr.json", default_buffer_prototype()))
     return found is not None and FORMAT_NAME in found.to_bytes().decode(errors="replace")
 
 
-def _exists(path: Location, disk: Store, key: str) -> bool:
+def _exists(path: Location, disk: RecordingDisk, key: str) -> bool:
     """Whether ``key`` exists: the first request to a store, so the place where a bucket
     that cannot be reached (no server, no credentials, no such bucket) says so."""
     try:

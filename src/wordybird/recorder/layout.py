@@ -15,13 +15,17 @@ import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from wordybird import dtypes
+from wordybird.constants import (
+    SMALL_FIELD_STEPS_PER_CHUNK,
+    SMALL_STEP_BYTES,
+    STEPS_FIELD,
+    Mode,
+    step_nbytes,
+)
 from wordybird.errors import WordybirdError
 from wordybird.recorder.predict import Prediction
-from wordybird.recording import STEPS_FIELD
 
-Mode = Literal["default", "compact", "predictive"]
 Encoding = Literal["raw", "delta", "predicted"]
-MODES: tuple[str, ...] = ("default", "compact", "predictive")
 #: Field dtypes that predictive mode predicts (in float32 arithmetic, float64 for float64).
 FLOAT_DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32", "float64")
 #: Encodings stored as unsigned bit differences (from the previous step or a prediction).
@@ -30,20 +34,10 @@ DIFFERENCE_ENCODINGS: tuple[str, ...] = ("delta", "predicted")
 #: A step's slice of a large field is cut into chunks of at most this many bytes, so that
 #: the compressor runs on several cores and one step is read without touching any other.
 CHUNK_TARGET_BYTES = 2 << 20
-#: Fields whose one step is this small share chunks across consecutive steps (a chunk per
-#: step would mean thousands of tiny files); a step append rewrites that small chunk.
-SMALL_STEP_BYTES = 16 << 10
-#: Steps per chunk for small fields.
-SMALL_FIELD_STEPS_PER_CHUNK = 1024
 #: In compact mode every K-th position is stored whole (a keyframe); the others are stored
 #: as the difference of their bits from the previous step's (see :func:`delta_encode`), so
 #: a random step is decoded from at most K chunks and a sequential scan from one per step.
 DEFAULT_KEYFRAME_INTERVAL = 16
-#: Write every chunk, even one that equals the fill value. zarr's default compares each
-#: chunk with the fill value before writing it, an extra pass over every byte: without it
-#: the recorder went from ~213 to ~295 MB/s (median, benchmarks/bench_recorder.py). The
-#: cost is a few tiny all-zero chunks on disk (an initial step's zero grads).
-ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,7 @@ class FieldSpec:
 
     @property
     def step_nbytes(self) -> int:
-        return math.prod(self.shape) * self.numpy_dtype.itemsize
+        return step_nbytes(self.shape, self.numpy_dtype)
 
     def to_json(self) -> dict[str, Any]:
         data = {"dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}

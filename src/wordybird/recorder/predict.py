@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from wordybird.errors import WordybirdError
+from wordybird.knobs import PREDICT_BLOCK
 
 #: Stored with every prediction; a reader refuses one it does not implement (the arithmetic
 #: must be exactly the writer's).
@@ -104,15 +105,6 @@ class Prediction:
         return step + int(self.constants.get("step_offset", 0))
 
 
-#: Elements predicted at a time: the arithmetic is elementwise, so cutting it into blocks
-#: changes no bit. One pass over the whole [50257, 64] step per operation was ~3x slower
-#: (most of it faulting in fresh temporaries' pages); blocks of 32 Ki elements were as slow
-#: again, their ~15 numpy calls each spending more time holding the GIL than computing, so
-#: two threads ran no faster than one. 256 Ki (1 MiB float32 temporaries, in L3) measured
-#: fastest: adam_param 7 ms a step, against 20 ms at 32 Ki and 24 ms whole.
-BLOCK = 1 << 18
-
-
 def predict(
     prediction: Prediction,
     previous: np.ndarray,
@@ -132,7 +124,7 @@ def predict(
 
     def run(start: int) -> None:
         _check_subnormals()  # in the thread that computes
-        part = slice(start, start + BLOCK)
+        part = slice(start, start + PREDICT_BLOCK)
         block = {role: v[part] if v.ndim else v for role, v in tensors.items()}
         with np.errstate(all="ignore"):  # an inf or NaN prediction is only a poor one
             values = _predict_block(prediction, flat[part], block, step)
@@ -140,7 +132,7 @@ def predict(
         values[np.isnan(values)] = canonical_nan
         out[part] = values
 
-    starts = range(0, flat.size, BLOCK)
+    starts = range(0, flat.size, PREDICT_BLOCK)
     if parallel and len(starts) > 1:
         list(_pool().map(run, starts))  # numpy releases the GIL: blocks run in parallel
     else:

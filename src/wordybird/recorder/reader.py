@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from wordybird.errors import DamagedRecordingError
-from wordybird.location import Location
+from wordybird.errors import DamagedRecordingError, no_field
 from wordybird.recorder.check import Damage, find_damage
 from wordybird.recorder.delta import decode_run
 from wordybird.recorder.format import RecordingStore
 from wordybird.recorder.layout import DIFFERENCE_ENCODINGS, FieldSpec
 from wordybird.recording import Index, Recording
+from wordybird.storage import Location
 
 
 class ZarrRecording(Recording):
@@ -29,7 +29,9 @@ class ZarrRecording(Recording):
     format = "zarr"
 
     def __init__(
-        self, path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
+        self,
+        path: str | os.PathLike[str] | Location,
+        storage_options: Mapping[str, str] | None = None,
     ) -> None:
         self._where = Location.of(path, storage_options)
         self.refresh()
@@ -144,6 +146,4 @@ class ZarrRecording(Recording):
         try:
             return self._store.fields[field]
         except KeyError:
-            raise KeyError(
-                f"{self.path} has no field {field!r}; it has {', '.join(self.fields)}"
-            ) from None
+            raise no_field(self.path, field, self.fields) from None

@@ -15,6 +15,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping
@@ -25,14 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from wordybird import knobs
+from wordybird.constants import Mode
 from wordybird.dtypes import numpy_dtype_of
 from wordybird.errors import WordybirdError
-from wordybird.location import Location
 from wordybird.recorder.commit import WritableStore
 from wordybird.recorder.format import is_recording
-from wordybird.recorder.layout import FieldSpec, Mode, field_specs_for
+from wordybird.recorder.layout import FieldSpec, field_specs_for
 from wordybird.recorder.predict import Prediction
 from wordybird.recorder.snapshot import Snapshot, SnapshotPool, as_tensor
+from wordybird.storage import Location
 
 _STOP = object()
 #: recorded_steps holds int64 step numbers.
@@ -71,8 +74,8 @@ class StreamingRecorder:
     with ``resume=True`` continues after them once the cause is gone.
 
     Args:
-        path: the recording's folder (conventionally ``*.zarr``), or an
-            ``s3://bucket/prefix`` URL.
+        path: the recording's folder (conventionally ``*.zarr``), an ``s3://bucket/prefix``
+            URL, or a :class:`~wordybird.storage.Location`.
         metadata: JSON-able run metadata, stored in the group's attributes.
         mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it),
             ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md) or
@@ -83,19 +86,33 @@ class StreamingRecorder:
             is refused.
         queue_size: steps that may wait for the writer before ``record()`` blocks. Each
             holds a buffer set as large as one step (``queue_size + 1`` sets in all): for
-            big steps, ``queue_size=1`` keeps two (GPT-2 small's embedding with its
-            gradient and Adam state: 309 MB a set; benchmarks/bench_capture.py).
+            big steps, ``queue_size=1`` keeps two (benchmarks/bench_capture.py).
         durable: fsync each step's files, then the header that commits it, then the folder,
             so that a power loss (not only a killed process) keeps every committed step.
             Costs time per step: see benchmarks/bench_durable.py. (On S3 every
             acknowledged write is durable already.)
         storage_options: for an ``s3://`` URL, obstore S3 settings overriding the AWS
             environment variables (``endpoint``, ``region``, ``access_key_id``, …).
+        codec_threads: threads that compress each step's chunks. None: one when the
+            recorded tensors are on the CPU (training keeps every core busy there), every
+            core when they are on a GPU; ``$WORDYBIRD_CODEC_THREADS`` overrides that.
+
+    Example::
+
+        import torch
+        import wordybird
+
+        w = torch.zeros(4, 3, dtype=torch.bfloat16)
+        with wordybird.StreamingRecorder("run.zarr", metadata={"lr": 0.5}) as rec:
+            for step in range(3):
+                w += 0.5  # a training step
+                rec.record(step, {"weights": w, "loss": torch.tensor(1.0 / (step + 1))})
+        assert wordybird.open("run.zarr")["weights"][-1].eq(1.5).all()
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Location,
         *,
         metadata: Mapping[str, Any] | None = None,
         mode: Mode = "default",
@@ -104,9 +121,12 @@ class StreamingRecorder:
         queue_size: int = 2,
         durable: bool = False,
         storage_options: Mapping[str, str] | None = None,
+        codec_threads: int | None = None,
     ) -> None:
         if queue_size < 1:
             raise WordybirdError(f"queue_size must be at least 1, got {queue_size}")
+        if codec_threads is not None:  # refused now, not at the first step
+            knobs.codec_threads(codec_threads, on_gpu=False)
         where = Location.of(path, storage_options)
         #: the recording's folder (a Path), or its s3:// URL
         self.path: Path | str = where.local if where.local is not None else where.text
@@ -124,7 +144,8 @@ class StreamingRecorder:
             self._store = WritableStore.create(
                 where, metadata=metadata, mode=mode, overwrite=overwrite, durable=durable
             )
-        self._queue_size = queue_size
+        self._codec_threads = codec_threads
+        self._thread_cpu = 0.0  # the writer thread's CPU seconds so far
         self._work: queue.Queue[Any] = queue.Queue()
         self._pool = SnapshotPool(queue_size + 1)
         self._error: BaseException | None = None
@@ -156,6 +177,12 @@ class StreamingRecorder:
         self._predictions = dict(predictions)
 
     @property
+    def writer_cpu_seconds(self) -> float:
+        """CPU seconds the background writer has spent so far: its thread's and its codec
+        threads' (what recording costs the machine besides ``record()``'s copies)."""
+        return self._thread_cpu + self._store.codec_pool_cpu_seconds
+
+    @property
     def committed(self) -> int:
         """How many steps are committed on disk so far."""
         return self._store.committed
@@ -181,6 +208,9 @@ class StreamingRecorder:
             probe = {n: np.empty(t.shape, dtype=numpy_dtype_of(t.dtype)) for n, t in values.items()}
             specs = field_specs_for(probe, self._store.mode, self._predictions)
         self._check_fields(step, values, specs)
+        if not self._specs:  # the writer has not started: its threads can still be chosen
+            on_gpu = any(value.device.type != "cpu" for value in values.values())
+            self._store.codec_threads = knobs.codec_threads(self._codec_threads, on_gpu=on_gpu)
         self._specs = specs
         snapshot = self._pool.take(specs, step, values, while_waiting=self._raise_background_error)
         self._last_step = step
@@ -280,8 +310,10 @@ class StreamingRecorder:
     def _run(self) -> None:
         while True:
             item = self._work.get()
+            start = time.thread_time()
             try:
                 if item is _STOP:
+                    self._store.close()
                     return
                 if self._error is None:
                     self._write(item)
@@ -290,6 +322,7 @@ class StreamingRecorder:
             finally:
                 if item is not _STOP:
                     self._pool.give_back(item)
+                self._thread_cpu += time.thread_time() - start
                 self._work.task_done()
 
     def _write(self, snapshot: Snapshot) -> None:

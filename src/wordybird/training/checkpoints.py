@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import GPT2LMHeadModel
 
 from wordybird.errors import WordybirdError
-from wordybird.location import is_url
+from wordybird.storage import is_url
 from wordybird.training.config import CHECKPOINT_PREFIX, RunPlan
 from wordybird.training.model import ModelConfig
 from wordybird.training.processes import Processes

@@ -167,7 +167,7 @@ def train(out: Path | str, lr: float, resume: bool, **options: Any) -> None:
 
 def _say_local_dir(out: Path | str, options: dict[str, Any]) -> None:
     """For an s3:// --out, say at the start where the checkpoints go."""
-    from wordybird.location import is_url
+    from wordybird.storage import is_url
     from wordybird.training.config import RunFolder
 
     if is_url(out):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wordybird.errors import WordybirdError
-from wordybird.location import RUN_RECORDING, Location, is_url
+from wordybird.storage import RUN_RECORDING, Location, is_url
 from wordybird.training.model import ComputeDtype, ModelConfig
 from wordybird.training.schedules import LRFactor, schedule_from_state
 
@@ -147,7 +147,7 @@ class RunFolder:
         so a copy is the whole file or the previous one); nothing for a local run."""
         if self.remote is None:
             return
-        from wordybird.recorder.storage import put_object
+        from wordybird.storage import put_object
 
         for name in names:
             put_object(self.remote.child(name), (self.local / name).read_bytes())

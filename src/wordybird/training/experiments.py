@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wordybird.errors import WordybirdError
-from wordybird.location import RUN_RECORDING, Location, is_url
+from wordybird.storage import RUN_RECORDING, Location, is_url
 from wordybird.training.checkpoints import (
     check_process_count,
     is_weights_only,
@@ -237,7 +237,7 @@ def _prepare_out(folder: RunFolder, *, overwrite: bool, keep: Path | None = None
 
 
 def _holds_remote_run(remote: Location) -> bool:
-    from wordybird.recorder.storage import holds_keys, object_exists
+    from wordybird.storage import holds_keys, object_exists
 
     return object_exists(remote.child(RUN_FILE)) or holds_keys(remote.child(RUN_RECORDING))
 
@@ -246,7 +246,7 @@ def _clear_remote_run(remote: Location) -> None:
     """Remove an old run's objects at ``remote``: run.json first (as in a run folder), its
     recording only if it is one (a mistyped URL must not delete other data)."""
     from wordybird.recorder.format import is_recording
-    from wordybird.recorder.storage import delete_object, delete_prefix, holds_keys
+    from wordybird.storage import delete_object, delete_prefix, holds_keys
 
     recording = remote.child(RUN_RECORDING)
     if holds_keys(recording) and not is_recording(recording):

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from transformers import GPT2LMHeadModel, TrainingArguments
 
+from wordybird._version import __version__
 from wordybird.errors import StoppedWithMain, WordybirdError
-from wordybird.location import Location
 from wordybird.recorder import StreamingRecorder
+from wordybird.storage import Location
 from wordybird.training.callback import RecorderCallback
 from wordybird.training.checkpoints import staged_checkpoint, step_of
 from wordybird.training.config import (
@@ -183,15 +184,10 @@ def _recorder_callback(
     record_initial = resume_from is None
     if not processes.is_main:
         return RecorderCallback(None, record_every=c.record_every, record_initial=record_initial)
-    where, options = path.local or path.text, dict(path.options) or None
     if resume_from is None:
-        recorder = StreamingRecorder(
-            where, metadata=metadata, mode=c.mode, durable=c.durable, storage_options=options
-        )
+        recorder = StreamingRecorder(path, metadata=metadata, mode=c.mode, durable=c.durable)
     else:
-        recorder = StreamingRecorder(
-            where, resume=True, metadata=metadata, durable=c.durable, storage_options=options
-        )
+        recorder = StreamingRecorder(path, resume=True, metadata=metadata, durable=c.durable)
         try:
             _cut_recording(recorder, resume_from, plan)
         except BaseException:
@@ -296,13 +292,11 @@ def _versions() -> dict[str, str]:
     import transformers
     import zarr
 
-    import wordybird
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "zarr": zarr.__version__,
         "numcodecs": numcodecs.__version__,
-        "wordybird": wordybird.__version__,
+        "wordybird": __version__,
     }

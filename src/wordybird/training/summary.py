@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from wordybird.location import Location
+from wordybird.storage import Location
 from wordybird.training.config import (
     CHECKPOINT_PREFIX,
     MASKS,
@@ -49,8 +49,7 @@ def summarize(
         summary["loss_last"] = {"step": logged[-1][0], "loss": logged[-1][1]}
     if recording is not None:
         untrained = load_file(str(out / MASKS))["untrained_indices"]
-        where, options = recording.local or recording.text, dict(recording.options) or None
-        with ZarrRecording(where, options) as rec:
+        with ZarrRecording(recording) as rec:
             summary["recording"] = str(recording)
             summary["recorded_steps"] = len(rec)
             if len(rec) >= 2 and len(untrained):

@@ -1,7 +1,6 @@
 """Where a recording lives: a local path, or an ``s3://bucket/prefix`` URL with its options.
 
-Light on purpose (no zarr import): the command line and ``wordybird.open`` decide with it
-which kind of place they were given before anything heavy is loaded.
+A :class:`Location` only names a place; :func:`~wordybird.storage.open_store` reaches it.
 """
 
 from __future__ import annotations
@@ -10,12 +9,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from wordybird.errors import WordybirdError
-
-if TYPE_CHECKING:
-    from zarr.abc.store import Store
 
 #: The recording inside a run folder (what ``wordybird train --out`` makes): readers given
 #: the run folder read it.
@@ -73,11 +68,3 @@ class Location:
         if not sep:
             raise WordybirdError(f"{self} is a bucket's root: nothing lies beside it")
         return Location(f"s3://{head}/{name}", None, self.options)
-
-    def store(self, *, read_only: bool, durable: bool = False) -> Store:
-        """The zarr store of the recording, with fault points on every write."""
-        from wordybird.recorder.storage import LocalStore, S3Store
-
-        if self.local is not None:
-            return LocalStore(self.local, read_only=read_only, durable=durable)
-        return S3Store.at(self.text, self.options, read_only=read_only)

@@ -42,10 +42,11 @@ import numpy as np
 
 from wordybird.errors import WordybirdError
 from wordybird.extras import needing_extras
-from wordybird.recording import Recording
 
 if TYPE_CHECKING:
     import xarray
+
+    from wordybird.recording import Recording
 
 #: The dimension names the rule gives besides ``<owner>_dim<i>``.
 STEP, TOKEN, DIM = "step", "token", "dim"
