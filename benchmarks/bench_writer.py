@@ -169,7 +169,7 @@ def zarr_path(out: Path, steps: list[Step], count: int) -> float:
                 chunks=chunk_shape(spec),
                 dtype=spec.stored_dtype,
                 fill_value=0,
-                compressors=compressors_for(spec, "default"),
+                compressors=compressors_for(spec),
                 serializer=BytesCodec(endian="little"),
                 config={"write_empty_chunks": True},
             )
@@ -221,7 +221,7 @@ def tensorstore_path(out: Path, steps: list[Step], count: int) -> float:
     for name, tensor in steps[0].items():
         spec = field_spec(name, tensor)
         codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
-        codecs += [c.to_dict() for c in compressors_for(spec, "default")]
+        codecs += [c.to_dict() for c in compressors_for(spec)]
         stores[name] = ts.open(
             {
                 "driver": "zarr3",

@@ -440,6 +440,13 @@ BAD_RECORDS: dict[str, tuple[Callable[[StreamingRecorder], None], str]] = {
         ),
         "field 'logits': cannot record torch.float8_e4m3fn values",
     ),
+    "complex128-values": (  # it would record, then fail every export
+        lambda rec: rec.record(
+            2, make_step(2) | {"logits": torch.zeros(3, dtype=torch.complex128)}
+        ),
+        "field 'logits': cannot record torch.complex128 values: a safetensors export could "
+        "not hold them",
+    ),
     "text-value": (
         lambda rec: rec.record(2, make_step(2) | {"logits": "0.5"}),  # type: ignore[dict-item]
         "field 'logits': cannot record a str",

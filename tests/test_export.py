@@ -163,17 +163,22 @@ def test_header_is_the_notebooks_layout(tmp_path: Path, stores: dict[str, Path])
     assert scalars["starting_step"].item() == 100
 
 
-def test_export_is_byte_for_byte_what_save_file_writes(tmp_path: Path) -> None:
-    """The notebook's scheme (everything in RAM, save_file) and the stream give one file."""
+@pytest.mark.parametrize(("steps", "rows"), [(None, slice(0, 5)), ("102:104", slice(2, 4))])
+def test_export_is_byte_for_byte_what_save_file_writes(
+    tmp_path: Path, steps: str | None, rows: slice
+) -> None:
+    """The notebook's scheme (everything in RAM, save_file) and the stream give one file:
+    all steps, and a range whose rows in the file are not its positions in the store."""
     store = tmp_path / "r.zarr"
+    g = torch.Generator().manual_seed(0)
     with StreamingRecorder(store, metadata={**SCALARS, "seed": 7}) as rec:
-        for step in range(100, 105):
-            rec.record(step, training_step(step))
-    out = wordybird.export(store, tmp_path / "stream.safetensors")
+        for step in range(100, 105):  # "big": over the small-field size, read step by step
+            rec.record(step, {**training_step(step), "big": torch.randn(1100, 8, generator=g)})
+    out = wordybird.export(store, tmp_path / "stream.safetensors", steps=steps)
     rec = wordybird.open(store)
     in_ram = {
-        "recorded_steps": torch.from_numpy(rec.steps),
-        **{field: rec[field][:] for field in rec.fields},
+        "recorded_steps": torch.from_numpy(rec.steps[rows].copy()),
+        **{field: rec[field][rows] for field in rec.fields},
         **{
             k: torch.tensor(v, dtype=torch.float32 if isinstance(v, float) else torch.long)
             for k, v in SCALARS.items()

@@ -22,7 +22,7 @@ import torch
 import zarr
 
 import wordybird
-from wordybird import StreamingRecorder, WordybirdError
+from wordybird import StreamingRecorder, WordybirdError, storage
 from wordybird.recorder import layout
 from wordybird.recorder.commit import WritableStore
 from wordybird.recorder.delta import decode_run, delta_decode, delta_encode
@@ -145,24 +145,67 @@ def test_snapshot_is_taken_before_record_returns(tmp_path: Path) -> None:
     assert torch.equal(got, torch.arange(6, dtype=torch.bfloat16)[:, None, None].expand(6, 64, 4))
 
 
+def big_step(step: int) -> dict[str, torch.Tensor]:
+    """:func:`make_step` and a field over the small-field limit (a chunk per step)."""
+    big = torch.randn(1100, 8, generator=torch.Generator().manual_seed(step)).bfloat16()
+    return {**make_step(step), "big": big}
+
+
+def stored_positions(path: Path, field: str) -> tuple[int, list[int]]:
+    """(the array's length in its zarr.json, the positions whose chunks exist)."""
+    meta = json.loads((path / field / "zarr.json").read_text())
+    chunks = (path / field / "c").rglob("*")
+    return meta["shape"][0], sorted(
+        {int(p.relative_to(path / field / "c").parts[0]) for p in chunks if p.is_file()}
+    )
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_resume_and_truncate(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "r.zarr"
-    record_steps(path, list(range(0, 20)), mode=mode, metadata={"a": 1})
+    with StreamingRecorder(path, mode=mode, metadata={"a": 1}) as rec:
+        for s in range(20):
+            rec.record(s, big_step(s))
     with StreamingRecorder(path, resume=True, metadata={"b": 2}) as rec:
         assert rec.last_step == 19
         with pytest.raises(WordybirdError, match="not greater than the last recorded step 19"):
-            rec.record(19, make_step(19))
+            rec.record(19, big_step(19))
         rec.truncate(after_step=12)  # training resumed from the checkpoint of step 12
         assert rec.last_step == 12
+        # the truncated positions are gone from the disk, not only from the header
+        assert stored_positions(path, "big") == (13, list(range(13)))
         for s in range(13, 25):
-            rec.record(s, make_step(s))
+            rec.record(s, big_step(s))
     rec = wordybird.open(path)
     assert list(rec.steps) == list(range(25))
     assert rec.metadata == {"a": 1, "b": 2}
     for s in (0, 12, 13, 17, 24):
-        assert same_bits(rec.at_step(s)["embeddings"], make_step(s)["embeddings"])
-    assert not list((path / "embeddings" / "c").glob("25"))  # truncated chunks removed
+        for field, value in big_step(s).items():
+            assert same_bits(rec.at_step(s)[field], value), (field, s)
+    assert stored_positions(path, "big") == (25, list(range(25)))
+
+
+def test_a_reader_during_a_steps_writes_sees_only_complete_steps(tmp_path: Path) -> None:
+    """While a step's chunks are being written, a reader opening the store sees exactly the
+    steps before it, each whole: the header that commits a step comes after its chunks."""
+    path = tmp_path / "r.zarr"
+    seen: list[int] = []
+
+    def read_meanwhile(point: str) -> None:
+        if point.startswith("write:big/c/"):  # a chunk of the step being written
+            with wordybird.open(path) as rec:
+                if len(rec):
+                    assert same_bits(rec["big"][-1], big_step(len(rec) - 1)["big"])
+                seen.append(len(rec))
+
+    storage.set_fault_hook(read_meanwhile)
+    try:
+        with StreamingRecorder(path) as rec:
+            for step in range(4):
+                rec.record(step, big_step(step))
+    finally:
+        storage.set_fault_hook(None)
+    assert seen == [0, 1, 2, 3]  # step n's chunk written with n steps committed
 
 
 def test_reader_sees_only_committed_steps_while_recording(tmp_path: Path) -> None:
@@ -198,9 +241,15 @@ def test_reader_sees_only_committed_steps_while_recording(tmp_path: Path) -> Non
 WRITER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
+    import time
     from test_recorder import make_step
-    from wordybird import StreamingRecorder
+    from wordybird import StreamingRecorder, storage
     mode, path, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
+
+    def slow_chunks(point):  # a step's chunk writes take most of its time: most kills land
+        if point.startswith("write:") and "/c/" in point:  # among them, where a header
+            time.sleep(0.02)  # written before the chunks would commit a step not yet there
+    storage.set_fault_hook(slow_chunks)
     vocab, dim, queue_size = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
     # overwrite: a writer killed while creating the recording may leave an empty folder
     with StreamingRecorder(
@@ -306,7 +355,10 @@ def kill_resume_and_check(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_9_loses_only_uncommitted_steps(tmp_path: Path, mode: str) -> None:
-    kill_resume_and_check(tmp_path, mode, vocab=4000, dim=64, kill_after=[8, 15])
+    """Kills a little after a step was handed over (the writer's chunk writes slowed, so
+    that they land inside a step's writes): what a kill leaves is committed whole."""
+    kill_after = [8, 15, 11, 6]
+    kill_resume_and_check(tmp_path, mode, 4000, 64, kill_after, jitter=0.12)
 
 
 #: A random kill comes up to this long after the printed steps it waited for.
@@ -768,3 +820,59 @@ def test_codec_threads_are_chosen_by_where_training_runs(monkeypatch: pytest.Mon
         knobs.codec_threads(None, on_gpu=False)
     with pytest.raises(WordybirdError, match="codec_threads must be at least 1, got 0"):
         StreamingRecorder("unused.zarr", codec_threads=0)
+
+
+def test_blosc_is_called_into_a_reused_buffer_with_numcodecs_own_bytes() -> None:
+    """The writer compresses with c-blosc's own function into a buffer it reuses (numcodecs'
+    encode allocates fresh pages per chunk, which cost as much as the compression). If
+    numcodecs stops exporting that function the writer still works, slower: this fails so
+    that someone looks."""
+    import numcodecs
+
+    from wordybird.recorder.chunks import BLOSC_COMPRESS_CTX, _BloscIntoBuffer
+
+    assert BLOSC_COMPRESS_CTX is not None, "numcodecs' blosc no longer exports blosc_compress_ctx"
+    data = (torch.randn(300_000) * 0.02).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    for cname, shuffle in (("lz4", 2), ("zstd", 1)):
+        ours = _BloscIntoBuffer(cname.encode(), 5, shuffle, 0, 2, BLOSC_COMPRESS_CTX)
+        theirs = numcodecs.Blosc(cname, 5, shuffle).encode(data)
+        first = bytes(ours.encode(data))
+        assert first == theirs
+        assert bytes(ours.encode(data[:1000])) == numcodecs.Blosc(cname, 5, shuffle).encode(
+            data[:1000]
+        )  # the same buffer, a shorter chunk: only its own bytes
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_store_written_with_other_codecs_reads_and_grows_with_them(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores written before the codec choice (blosc zstd) read, and a resumed writer
+    appends to each array with the codecs its zarr.json names."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    from wordybird.recorder import commit
+
+    def zstd(spec: layout.FieldSpec) -> tuple[object, ...]:
+        if spec.step_nbytes <= layout.SMALL_STEP_BYTES:
+            return layout.compressors_for(spec)
+        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=2)
+        return (blosc, Crc32cCodec())
+
+    path = tmp_path / "r.zarr"
+    with monkeypatch.context() as patched:
+        patched.setattr(commit, "compressors_for", zstd)
+        with StreamingRecorder(path, mode=mode) as rec:
+            for step in range(18):
+                rec.record(step, big_step(step))
+    with StreamingRecorder(path, resume=True) as rec:
+        for step in range(18, 21):
+            rec.record(step, big_step(step))
+    meta = json.loads((path / "big" / "zarr.json").read_text())
+    assert meta["codecs"][1]["configuration"]["cname"] == "zstd"
+    for step in (5, 19):  # blosc's header: bits 5-7 of its flags byte name the compressor
+        flags = (path / "big" / "c" / str(step) / "0" / "0").read_bytes()[2]
+        assert flags >> 5 == 4, f"step {step} was not compressed with zstd"
+    with wordybird.open(path) as rec:
+        for step in range(21):
+            assert same_bits(rec["big"][step], big_step(step)["big"]), step

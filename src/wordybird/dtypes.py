@@ -1,8 +1,9 @@
 """Element types without torch: numpy dtypes (ml_dtypes for bf16 and fp8) are what the read
 path, the store and the exporter speak; torch tensors are made at the edge, when asked for.
 
-That keeps ``wordybird export``, ``inspect`` and ``check`` free of torch (~220 MB of RSS and
-~2 s of start-up), while ``rec[field][i]`` still hands a torch tensor to those who want one.
+That keeps ``wordybird export``, ``inspect`` and ``check`` free of torch (its RSS and its
+start-up time: benchmarks/bench_export.py), and a base install without it, while
+``rec[field][i]`` still hands a torch tensor to those who want one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,36 @@ if TYPE_CHECKING:
     import torch
 
 BF16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+
+#: safetensors dtype names with their numpy dtypes (ml_dtypes for bf16 and fp8), in the
+#: order save_file lays tensors out (its Dtype enum, largest first: measured with
+#: safetensors 0.8 by saving one tensor of each dtype).
+SAFETENSORS_DTYPES: tuple[tuple[str, np.dtype], ...] = (
+    ("U64", np.dtype(np.uint64)),
+    ("I64", np.dtype(np.int64)),
+    ("F64", np.dtype(np.float64)),
+    ("C64", np.dtype(np.complex64)),
+    ("F32", np.dtype(np.float32)),
+    ("U32", np.dtype(np.uint32)),
+    ("I32", np.dtype(np.int32)),
+    ("BF16", BF16),
+    ("F16", np.dtype(np.float16)),
+    ("U16", np.dtype(np.uint16)),
+    ("I16", np.dtype(np.int16)),
+    ("F8_E5M2FNUZ", np.dtype(ml_dtypes.float8_e5m2fnuz)),
+    ("F8_E4M3FNUZ", np.dtype(ml_dtypes.float8_e4m3fnuz)),
+    ("F8_E4M3", np.dtype(ml_dtypes.float8_e4m3fn)),
+    ("F8_E5M2", np.dtype(ml_dtypes.float8_e5m2)),
+    ("I8", np.dtype(np.int8)),
+    ("U8", np.dtype(np.uint8)),
+    ("BOOL", np.dtype(np.bool_)),
+)
+
+
+def exportable(dtype: np.dtype) -> bool:
+    """Whether an export (a safetensors file) can hold values of ``dtype``: a recording
+    holds only those, so that every recording exports."""
+    return any(np.dtype(dtype) == known for _, known in SAFETENSORS_DTYPES)
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -23,6 +23,10 @@ RUN_READ_BYTES = 64 << 20
 #: temporaries stay in the cache (measured: benchmarks/bench_predictive.py).
 PREDICT_BLOCK = 1 << 18
 
+#: Elements a compact delta is computed over at a time (elementwise too; its temporaries
+#: stay in the cache).
+DELTA_BLOCK = 1 << 18
+
 #: An export reads a field's consecutive steps at once up to this many bytes (one step of a
 #: large field; all steps of a small one, in one store read).
 EXPORT_BLOCK_BYTES = 8 << 20

@@ -18,10 +18,10 @@ def _keep_memory_flat() -> None:
     """Make the reader threads share one malloc arena (glibc; no-op elsewhere).
 
     Each thread that decodes the store (ours, zarr's event loop and codec workers) gets its
-    own glibc arena, and the multi-megabyte per-step buffers freed there stay resident:
-    ~60-90 MB more at the notebook's shapes. One arena reuses the same memory for every
-    step, at no measurable speed cost (a fixed mmap threshold, the other cure, halved the
-    read rate with page faults). The setting is process-wide, so only the CLI, which owns
+    own glibc arena, and the multi-megabyte per-step buffers freed there stay resident in
+    each. One arena reuses the same memory for every step, at no measurable speed cost (a
+    fixed mmap threshold, the other cure, slowed reads with page faults; both measured:
+    benchmarks/bench_export.py). The setting is process-wide, so only the CLI, which owns
     its process, makes it; ``export_safetensors`` leaves a caller's allocator alone.
     """
     try:

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import ml_dtypes
 import numpy as np
 
-from wordybird.dtypes import BF16
+from wordybird.dtypes import SAFETENSORS_DTYPES
+from wordybird.errors import WordybirdError
 
 #: Bytes of the little-endian header length that starts every safetensors file.
 HEADER_LENGTH_BYTES = 8
@@ -44,32 +44,9 @@ SCALAR_METADATA: dict[str, np.dtype] = {
     "starting_step": np.dtype(np.int64),
 }
 
-#: safetensors dtype names with their numpy dtypes (ml_dtypes for bf16 and fp8), in the
-#: order save_file lays tensors out (its Dtype enum, largest first: measured with
-#: safetensors 0.8 by saving one tensor of each dtype).
-_DTYPE_ORDER: tuple[tuple[str, np.dtype], ...] = (
-    ("U64", np.dtype(np.uint64)),
-    ("I64", np.dtype(np.int64)),
-    ("F64", np.dtype(np.float64)),
-    ("C64", np.dtype(np.complex64)),
-    ("F32", np.dtype(np.float32)),
-    ("U32", np.dtype(np.uint32)),
-    ("I32", np.dtype(np.int32)),
-    ("BF16", BF16),
-    ("F16", np.dtype(np.float16)),
-    ("U16", np.dtype(np.uint16)),
-    ("I16", np.dtype(np.int16)),
-    ("F8_E5M2FNUZ", np.dtype(ml_dtypes.float8_e5m2fnuz)),
-    ("F8_E4M3FNUZ", np.dtype(ml_dtypes.float8_e4m3fnuz)),
-    ("F8_E4M3", np.dtype(ml_dtypes.float8_e4m3fn)),
-    ("F8_E5M2", np.dtype(ml_dtypes.float8_e5m2)),
-    ("I8", np.dtype(np.int8)),
-    ("U8", np.dtype(np.uint8)),
-    ("BOOL", np.dtype(np.bool_)),
-)
-_DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in _DTYPE_ORDER}
-_DTYPE_RANK = {name: rank for rank, (name, _) in enumerate(_DTYPE_ORDER)}
-_NUMPY_DTYPES = dict(_DTYPE_ORDER)
+_DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in SAFETENSORS_DTYPES}
+_DTYPE_RANK = {name: rank for rank, (name, _) in enumerate(SAFETENSORS_DTYPES)}
+_NUMPY_DTYPES = dict(SAFETENSORS_DTYPES)
 
 
 def safetensors_dtype(dtype: np.dtype) -> str:
@@ -77,7 +54,7 @@ def safetensors_dtype(dtype: np.dtype) -> str:
     try:
         return _DTYPE_NAMES[np.dtype(dtype)]
     except KeyError:
-        raise ValueError(f"safetensors cannot hold {dtype}") from None
+        raise WordybirdError(f"a safetensors file cannot hold {np.dtype(dtype)} values") from None
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -1,7 +1,7 @@
 """Streaming export of a recording to one safetensors file, never holding it in memory.
 
 The safetensors library only writes files from tensors in RAM (the notebook's scheme: every
-step held, then stacked into a second copy, 7.7 GB peak for 2.6 GB of data). Its format is
+step held, then stacked into a second copy: three times the data at its peak). Its format is
 simple enough to write ourselves: the header first (every shape is known from the
 recording), then each tensor's bytes at their place in the file, read from the store a block
 at a time. A reader thread decodes the next blocks while the main thread writes, so the

@@ -17,15 +17,16 @@ writer, a GPU run all that the host has (``knobs.codec_threads``).
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import google_crc32c
+import crc32c
 import numcodecs
 import numpy as np
 import zarr
@@ -36,6 +37,77 @@ from wordybird.storage import RecordingDisk
 _SHUFFLES = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE}
 _SHUFFLES["bitshuffle"] = numcodecs.Blosc.BITSHUFFLE
 _CRC = struct.Struct("<I")
+#: Bytes blosc may add to a chunk (its header, and a raw copy when nothing compresses).
+_BLOSC_OVERHEAD = 16
+
+
+def _blosc_compress_ctx() -> Callable[..., int] | None:
+    """c-blosc's ``blosc_compress_ctx``, from the blosc library numcodecs is built with.
+
+    numcodecs' ``Blosc.encode`` returns a fresh ``bytes`` per chunk: at 2 MB a chunk the
+    allocator hands out newly mapped pages each time, and faulting them in cost as much CPU
+    as the compression itself (benchmarks/bench_writer.py). Called directly, blosc compresses
+    into a buffer each codec thread keeps for the run; ctypes releases the GIL meanwhile.
+    The bytes are those of ``Blosc.encode`` (the same library and arguments). None where the
+    library does not export the function (tests/test_recorder.py says so loudly).
+    """
+    try:
+        function = ctypes.CDLL(numcodecs.blosc.__file__).blosc_compress_ctx
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,  # clevel
+        ctypes.c_int,  # doshuffle
+        ctypes.c_size_t,  # typesize
+        ctypes.c_size_t,  # nbytes
+        ctypes.c_void_p,  # src
+        ctypes.c_void_p,  # dest
+        ctypes.c_size_t,  # destsize
+        ctypes.c_char_p,  # compressor
+        ctypes.c_size_t,  # blocksize
+        ctypes.c_int,  # numinternalthreads
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+BLOSC_COMPRESS_CTX = _blosc_compress_ctx()
+
+
+@dataclass(frozen=True)
+class _BloscIntoBuffer:
+    """blosc with the arguments of an array's codec, into a per-thread reused buffer."""
+
+    cname: bytes
+    clevel: int
+    shuffle: int
+    blocksize: int
+    typesize: int
+    compress: Callable[..., int]
+    _buffers: threading.local = field(default_factory=threading.local, compare=False)
+
+    def encode(self, data: np.ndarray) -> memoryview:
+        """The compressed chunk, a view of this thread's buffer (valid until the thread's
+        next encode)."""
+        size = data.nbytes + _BLOSC_OVERHEAD
+        buffer = getattr(self._buffers, "out", None)
+        if buffer is None or len(buffer) < size:
+            buffer = self._buffers.out = np.empty(size, np.uint8)
+        written = self.compress(
+            self.clevel,
+            self.shuffle,
+            self.typesize,
+            data.nbytes,
+            data.ctypes.data,
+            buffer.ctypes.data,
+            size,
+            self.cname,
+            self.blocksize,
+            1,
+        )
+        if written <= 0:
+            raise WordybirdError(f"blosc could not compress a chunk (error {written})")
+        return memoryview(buffer)[:written]
 
 
 @dataclass(frozen=True)
@@ -43,7 +115,7 @@ class ChunkCodec:
     """An array's codec chain as one encoding function (the chain its ``zarr.json`` names:
     the bytes codec, little-endian, then blosc or zstd, then crc32c)."""
 
-    compressor: numcodecs.abc.Codec
+    compressor: numcodecs.abc.Codec | _BloscIntoBuffer
     typesize: int  # the compressor sees the chunk as unsigned integers of this size
 
     @classmethod
@@ -58,13 +130,21 @@ class ChunkCodec:
         config = inner.get("configuration", {})
         if inner["name"] == "blosc":
             typesize = int(config["typesize"])
-            compressor = numcodecs.Blosc(
-                cname=config["cname"],
-                clevel=int(config["clevel"]),
-                shuffle=_SHUFFLES[config["shuffle"]],
-                blocksize=int(config.get("blocksize", 0)),
+            arguments = {
+                "cname": config["cname"],
+                "clevel": int(config["clevel"]),
+                "shuffle": _SHUFFLES[config["shuffle"]],
+                "blocksize": int(config.get("blocksize", 0)),
+            }
+            if BLOSC_COMPRESS_CTX is None:
+                return cls(numcodecs.Blosc(**arguments), typesize)
+            cname = arguments.pop("cname").encode()
+            return cls(
+                _BloscIntoBuffer(
+                    cname, **arguments, typesize=typesize, compress=BLOSC_COMPRESS_CTX
+                ),
+                typesize,
             )
-            return cls(compressor, typesize)
         if inner["name"] == "zstd":
             compressor = numcodecs.Zstd(
                 level=int(config["level"]), checksum=bool(config.get("checksum"))
@@ -73,10 +153,11 @@ class ChunkCodec:
         raise WordybirdError(f"cannot append to an array whose codecs are {names}")
 
     def encode(self, chunk: np.ndarray) -> list[memoryview]:
-        """The chunk as stored: the compressed bytes, then their crc32c (little-endian)."""
-        data = _little_endian(chunk).view(np.dtype(f"u{self.typesize}"))
-        compressed = self.compressor.encode(data.reshape(-1))
-        return [memoryview(compressed), memoryview(_CRC.pack(google_crc32c.value(compressed)))]
+        """The chunk as stored: the compressed bytes, then their crc32c (little-endian). The
+        first view may be of a buffer the calling thread reuses for its next chunk."""
+        data = _little_endian(chunk).view(np.dtype(f"u{self.typesize}")).reshape(-1)
+        compressed = memoryview(self.compressor.encode(data))
+        return [compressed, memoryview(_CRC.pack(crc32c.crc32c(compressed)))]
 
 
 def _little_endian(chunk: np.ndarray) -> np.ndarray:

@@ -170,7 +170,7 @@ class WritableStore(RecordingStore):
                     chunks=chunk_shape(spec),
                     dtype=spec.stored_dtype,
                     fill_value=0,
-                    compressors=compressors_for(spec, self.mode),
+                    compressors=compressors_for(spec),
                     serializer=BytesCodec(endian="little"),
                     attributes={"wordybird_encoding": spec.encoding, "wordybird_dtype": spec.dtype},
                 )

@@ -42,6 +42,8 @@ class Decoding:
         self._chains = DeltaChains(store.keyframe_interval, store.read_stored, self._reference)
         #: (position, step number, values by field) of the step being encoded
         self._encoding: tuple[int, int, Mapping[str, np.ndarray]] | None = None
+        #: per predicted field, the buffer its predictions go to (used at once, then reused)
+        self._predicted: dict[str, np.ndarray] = {}
 
     def read(self, name: str, index: int | slice) -> np.ndarray:
         """The values of ``name`` at committed positions ``index``."""
@@ -87,13 +89,11 @@ class Decoding:
             role: self._value(name, source, position)
             for role, source in spec.prediction.inputs.items()
         }
-        values = predict(
-            spec.prediction,
-            previous.view(spec.numpy_dtype),
-            inputs,
-            step,
-            parallel=self._parallel,
-        )
+        previous = previous.view(spec.numpy_dtype)
+        out = self._predicted.get(name)
+        if out is None or out.shape != previous.shape:
+            out = self._predicted[name] = np.empty_like(previous)
+        values = predict(spec.prediction, previous, inputs, step, parallel=self._parallel, out=out)
         return values.view(spec.stored_dtype)
 
     def _step(self, position: int) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from wordybird.errors import DamagedRecordingError
-from wordybird.knobs import RUN_READ_BYTES
+from wordybird.knobs import DELTA_BLOCK, RUN_READ_BYTES
 
 #: The bits a step is stored as a difference from, given the field, the position and the
 #: previous position's bits.
@@ -25,7 +25,9 @@ def previous_step(name: str, position: int, previous: np.ndarray) -> np.ndarray:
     return previous
 
 
-def delta_encode(bits: np.ndarray, previous: np.ndarray) -> np.ndarray:
+def delta_encode(
+    bits: np.ndarray, previous: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """Compact mode's encoding of a step: its bits minus the previous step's, zigzagged.
 
     Within one sign, a float's bit pattern counts lattice points, so the wrapping
@@ -34,11 +36,23 @@ def delta_encode(bits: np.ndarray, previous: np.ndarray) -> np.ndarray:
     of either direction small as unsigned numbers, so nearly all high bytes are zero. It
     packs better than an XOR with the previous step (measured: benchmarks/codecs.py): a
     one-ULP move across a mantissa carry flips many bits but differs by one.
+
+    ``out`` (of ``bits``' shape and dtype) receives the result: the writer reuses one per
+    field, so that a step allocates nothing. The work runs in blocks that stay in the cache.
     """
     width = bits.dtype.itemsize * 8
     signed = np.dtype(f"<i{bits.dtype.itemsize}")
-    diff = (bits - previous).view(signed)  # unsigned arithmetic wraps: exact for any pair
-    return ((diff << 1) ^ (diff >> (width - 1))).view(bits.dtype)
+    if out is None:
+        out = np.empty_like(bits)
+    flat, before, result = bits.reshape(-1), previous.reshape(-1), out.reshape(-1)
+    sign = np.empty(min(DELTA_BLOCK, flat.size), dtype=signed)
+    for start in range(0, flat.size, DELTA_BLOCK):
+        part = slice(start, start + DELTA_BLOCK)
+        diff = np.subtract(flat[part], before[part], out=result[part])  # unsigned: wraps
+        top = np.right_shift(diff.view(signed), width - 1, out=sign[: diff.size])
+        np.left_shift(diff, 1, out=diff)
+        np.bitwise_xor(diff, top.view(bits.dtype), out=diff)
+    return out
 
 
 def delta_decode(stored: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -89,17 +103,24 @@ class DeltaChains:
         self._read_stored = read_stored
         self._reference = reference
         self._last: dict[str, tuple[int, np.ndarray]] = {}
+        #: the encoder's own buffers per field: its copy of the last step, and the delta
+        self._kept: dict[str, np.ndarray] = {}
+        self._deltas: dict[str, np.ndarray] = {}
 
     def encode(self, name: str, position: int, bits: np.ndarray) -> np.ndarray:
-        """A step's bits as stored at ``position``: themselves at a keyframe, else a delta."""
+        """A step's bits as stored at ``position``: themselves at a keyframe, else a delta
+        (in a buffer reused for the field's next step: write it before encoding again)."""
         if position % self.interval == 0:
             stored = bits
         else:
             held = self._last.get(name)
             if held is None or held[0] != position - 1:  # resumed or truncated since
                 held = (position - 1, self.decode(name, position - 1))
-            stored = delta_encode(bits, self._reference(name, position, held[1]))
-        self._last[name] = (position, bits.copy())
+            out = _buffer(self._deltas, name, bits)
+            stored = delta_encode(bits, self._reference(name, position, held[1]), out)
+        kept = _buffer(self._kept, name, bits)
+        np.copyto(kept, bits)
+        self._last[name] = (position, kept)
         return stored
 
     def decode(self, name: str, position: int) -> np.ndarray:
@@ -132,3 +153,18 @@ class DeltaChains:
                     run = self._read_stored(name, slice(first, last))
             for p in range(first, last):
                 yield p, (self._read_stored(name, p) if run is None else run[p - first])
+
+
+def _buffer(buffers: dict[str, np.ndarray], name: str, like: np.ndarray) -> np.ndarray:
+    """A writable buffer of ``like``'s shape and dtype kept for ``name`` across steps."""
+    buffer = buffers.get(name)
+    if (
+        buffer is None
+        or buffer.shape != like.shape
+        or buffer.dtype != like.dtype
+        or not (
+            buffer.flags.writeable  # handed out read-only by a decode since
+        )
+    ):
+        buffer = buffers[name] = np.empty_like(like)
+    return buffer

@@ -94,29 +94,26 @@ def chunk_shape(spec: FieldSpec) -> tuple[int, ...]:
     return (1, rows, *spec.shape[1:])
 
 
-def compressors_for(spec: FieldSpec, mode: str) -> tuple[Any, ...]:
+def compressors_for(spec: FieldSpec) -> tuple[Any, ...]:
     """Core Zarr codecs only (any Zarr v3 reader decodes them), then a crc32c checksum.
 
-    Chosen by measurement on real Wordybird tensors (benchmarks/codecs.py). Values: blosc
-    zstd level 3 with bit shuffle, which gathers the sign and exponent bits (few distinct
-    values in a bf16 tensor) into long compressible runs: 1.9x at ~500 MB/s per core.
-    Differences are small integers whose high bytes are almost all zero, and level 1
-    already packs them (3.4x at ~420 MB/s per core). In compact mode the deltas of slowly
-    moving fields (the parameter, Adam's moments) make most of the store, and byte
-    shuffle packs them best (WB1 embeddings' deltas: 3.5x, against 2.9x bit-shuffled). In
-    predictive mode those fields' residuals are nearly all zero either way; what is left is
-    the gradient's deltas, which bit shuffle packs 5% (WB1) to 12% (WB2's later steps)
-    smaller, so predictive stores bit-shuffle every difference field.
+    Chosen by measurement on real tensors (benchmarks/bench_writer.py: WB1 and a GPT-2-small
+    step). Big fields, values and differences alike, in every mode: blosc lz4 with bit
+    shuffle, which gathers the sign and exponent bits (few distinct values in a bf16 tensor)
+    and a difference's high bits (almost all zero) into long runs that lz4 packs at a few
+    times zstd's speed per core, for nearly its ratio; the writer's CPU comes out of a
+    CPU-bound training step, and a GPU run's steps come faster than zstd packs them. Small
+    fields (losses, learning rates): zstd, whose cost there is nothing. Stores written with
+    other codecs (zstd before) name theirs in each array's ``zarr.json``, and readers and
+    appending writers follow them.
     """
     if spec.step_nbytes <= SMALL_STEP_BYTES:
         return (ZstdCodec(level=3), Crc32cCodec())
     itemsize = spec.stored_dtype.itemsize
-    if spec.encoding in DIFFERENCE_ENCODINGS:
-        shuffle = "bitshuffle" if mode == "predictive" else "shuffle"
-        blosc = BloscCodec(cname="zstd", clevel=1, shuffle=shuffle, typesize=itemsize)
-    else:
-        blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=itemsize)
-    return (blosc, Crc32cCodec())
+    return (
+        BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=itemsize),
+        Crc32cCodec(),
+    )
 
 
 def check_field_name(name: object) -> None:

@@ -112,14 +112,16 @@ def predict(
     step: int,
     *,
     parallel: bool = True,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The field's predicted values at recorded step ``step`` (in ``previous``'s dtype),
     from its values at ``step - 1`` and the same-step ``inputs`` (by role); with
-    ``parallel``, its blocks on a small thread pool, else all in the calling thread."""
+    ``parallel``, its blocks on a small thread pool, else all in the calling thread.
+    ``out`` (of ``previous``' shape and dtype) receives them, if given."""
     flat = previous.reshape(-1)
     tensors = {role: np.asarray(value) for role, value in inputs.items()}
     tensors = {role: v.reshape(-1) if v.ndim else v for role, v in tensors.items()}
-    out = np.empty_like(flat)
+    out = np.empty_like(flat) if out is None else out.reshape(-1)
     canonical_nan = np.array(np.nan, dtype=flat.dtype)
 
     def run(start: int) -> None:

@@ -10,13 +10,14 @@ recorder's back-pressure.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from wordybird.dtypes import from_torch, numpy_dtype_of, torch_dtype_of
+from wordybird.dtypes import exportable, from_torch, numpy_dtype_of, torch_dtype_of
 from wordybird.errors import WordybirdError
 from wordybird.recorder.layout import FieldSpec
 
@@ -43,6 +44,8 @@ class SnapshotPool:
         self._size = size
         self._free: queue.Queue[Snapshot] = queue.Queue()
         self._filled = False
+        #: seconds callers waited for a free buffer set (the writer's back-pressure)
+        self.waited_seconds = 0.0
 
     def take(
         self,
@@ -65,12 +68,17 @@ class SnapshotPool:
                 }
                 self._free.put(Snapshot(buffers))
             self._filled = True
-        while True:
-            try:
-                snapshot = self._free.get(timeout=0.5)
-                break
-            except queue.Empty:
-                while_waiting()
+        try:
+            snapshot = self._free.get_nowait()
+        except queue.Empty:
+            start = time.perf_counter()
+            while True:
+                try:
+                    snapshot = self._free.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    while_waiting()
+            self.waited_seconds += time.perf_counter() - start
         try:
             snapshot.step = step
             for name, value in values.items():
@@ -93,9 +101,9 @@ def _copy_into(buffer: torch.Tensor, value: torch.Tensor) -> None:
     """Copy one field's value into its snapshot buffer.
 
     A CPU tensor is copied by numpy (a memcpy): torch's ``copy_`` splits a large copy over
-    its intra-op threads, which then wait for cores busy with the writer's compression. On
-    2 cores that ran at 0.8 GB/s against numpy's 21 GB/s, blocking ``record()`` ~45 ms per
-    notebook-sized step (benchmarks/bench_recorder.py).
+    its intra-op threads, which then wait for cores busy with the writer's compression, and
+    ran many times slower than numpy's memcpy on 2 cores (measured there:
+    benchmarks/bench_recorder.py).
     """
     if value.device.type == "cpu":
         np.copyto(from_torch(buffer), from_torch(value))
@@ -113,9 +121,14 @@ def as_tensor(name: str, value: torch.Tensor | np.ndarray | float) -> torch.Tens
         except (TypeError, RuntimeError, ValueError) as exc:
             raise WordybirdError(f"field {name!r}: cannot record a {type(value).__name__}") from exc
     try:
-        numpy_dtype_of(tensor.dtype)
+        dtype = numpy_dtype_of(tensor.dtype)
     except TypeError:  # float8, bits…: numpy has no such dtype
         raise WordybirdError(
             f"field {name!r}: cannot record {tensor.dtype} values (no numpy dtype); convert them"
         ) from None
+    if not exportable(dtype):  # every recording exports to the notebook's safetensors file
+        raise WordybirdError(
+            f"field {name!r}: cannot record {tensor.dtype} values: a safetensors export "
+            "could not hold them; convert them (a complex tensor: torch.view_as_real)"
+        )
     return tensor

@@ -183,6 +183,12 @@ class StreamingRecorder:
         return self._thread_cpu + self._store.codec_pool_cpu_seconds
 
     @property
+    def waited_seconds(self) -> float:
+        """Seconds :meth:`record` has waited for the writer so far (back-pressure: every
+        buffer set was still queued or being written)."""
+        return self._pool.waited_seconds
+
+    @property
     def committed(self) -> int:
         """How many steps are committed on disk so far."""
         return self._store.committed

@@ -10,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from wordybird.clitypes import PathOrURL, storage_options
+from wordybird.constants import MODES
 from wordybird.errors import WordybirdError
 from wordybird.training.processes import is_main_process, process_count
 
@@ -71,7 +72,7 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--mode",
-            type=click.Choice(["default", "compact", "predictive"]),
+            type=click.Choice(MODES),
             default="default",
             show_default=True,
             help="Recording layout (see the recorder's FORMAT.md).",

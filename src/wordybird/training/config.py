@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from wordybird.constants import Mode
 from wordybird.errors import WordybirdError
 from wordybird.storage import RUN_RECORDING, Location, is_url
 from wordybird.training.model import ComputeDtype, ModelConfig
@@ -40,7 +41,7 @@ class TrainConfig:
     record_every: int | None = 1  # None: no recording
     checkpoint_every: int | None = None  # None: only the final checkpoint
     compute_dtype: ComputeDtype = "auto"
-    mode: Literal["default", "compact", "predictive"] = "default"
+    mode: Mode = "default"
     durable: bool = False  # fsync each recorded step before committing it (FORMAT.md)
     corpus: str | None = None  # None: the stdlib documentation corpus
     model: ModelConfig = field(default_factory=ModelConfig)
