@@ -28,12 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import resource
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numcodecs
@@ -149,7 +153,7 @@ def wb1_pairs(path: Path, positions: Sequence[int]) -> tuple[list, list[str]]:
 # -- 2. write paths ---------------------------------------------------------------------------
 
 
-def zarr_path(out: Path, steps: list[Step], count: int) -> float:
+def zarr_path(out: Path, steps: list[Step], count: int) -> None:
     """zarr-python's setitem, the recorder's write path before: per step, grow each array,
     write each field (zarr assembles, encodes and writes its chunks), rewrite the header."""
     import zarr.api.asynchronous as zasync
@@ -176,10 +180,8 @@ def zarr_path(out: Path, steps: list[Step], count: int) -> float:
         return group, arrays
 
     group, arrays = sync(create())
-    cpu = [0.0]
 
     def write() -> None:  # in a thread of its own, as the recorder's writer
-        start = cpu_of_writers()
         for i in range(count):
             step = steps[i % len(steps)]
 
@@ -191,12 +193,10 @@ def zarr_path(out: Path, steps: list[Step], count: int) -> float:
                 await group.update_attributes({"committed": i + 1})
 
             sync(one())
-        cpu[0] = cpu_of_writers() - start
 
     thread = threading.Thread(target=write, name="zarr-writer")
     thread.start()
     thread.join()
-    return cpu[0]
 
 
 def field_spec(name: str, tensor: torch.Tensor) -> FieldSpec:
@@ -205,15 +205,15 @@ def field_spec(name: str, tensor: torch.Tensor) -> FieldSpec:
     return FieldSpec(name, dtype, tuple(value.shape))
 
 
-def cpu_of_writers() -> float:
-    """CPU seconds of every thread of this process but the main one, ended ones included:
-    wordybird's writer and codec threads, zarr's event loop and thread pool, TensorStore's.
-    Call it from the main thread."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime - time.thread_time()
+def split_cpu_of_writers() -> tuple[float, float]:
+    """:func:`cpu_of_writers` as (user, system) seconds: the system part is the kernel's
+    work for the writes (the page cache), which moves a lot with the machine's state."""
+    process = resource.getrusage(resource.RUSAGE_SELF)
+    main = resource.getrusage(resource.RUSAGE_THREAD)
+    return process.ru_utime - main.ru_utime, process.ru_stime - main.ru_stime
 
 
-def tensorstore_path(out: Path, steps: list[Step], count: int) -> float:
+def tensorstore_path(out: Path, steps: list[Step], count: int) -> None:
     """TensorStore's zarr3 driver given the same arrays (shape, chunks, codecs) as zarr's."""
     import tensorstore as ts
 
@@ -240,27 +240,21 @@ def tensorstore_path(out: Path, steps: list[Step], count: int) -> float:
                 "delete_existing": True,
             }
         ).result()
-    start = cpu_of_writers()
     for i in range(count):
         step = steps[i % len(steps)]
         futures = [stores[n][i].write(from_torch(t)) for n, t in step.items()]
         for future in futures:
             future.result()
-    return cpu_of_writers() - start
 
 
-def recorder_path(
-    out: Path, steps: list[Step], count: int, mode: str, threads: int
-) -> tuple[float, float]:
-    """(writer CPU-s, wall seconds from the first record() to close()) of StreamingRecorder."""
+def recorder_path(out: Path, steps: list[Step], count: int, mode: str, threads: int) -> None:
+    """StreamingRecorder from the first record() to close()."""
     recorder = wordybird.StreamingRecorder(out, mode=mode, queue_size=1, codec_threads=threads)
     if mode == "predictive":
         recorder.set_predictions(predictions())
-    start, cpu = time.perf_counter(), cpu_of_writers()
     for i in range(count):
         recorder.record(i + 1, steps[i % len(steps)])
     recorder.close()
-    return cpu_of_writers() - cpu, time.perf_counter() - start
 
 
 def predictions() -> dict:
@@ -280,26 +274,53 @@ def predictions() -> dict:
     }
 
 
-def timed(
-    label: str,
-    raw: int,
-    count: int,
-    run: Callable[[], float | tuple[float, float]],
-    goal: float | None = None,
-) -> float:
+def measure(what: str, data: Path, count: int, out: Path) -> dict[str, float]:
+    """One write path in this (fresh) process: the writers' user and system CPU seconds,
+    and the wall time from the first step to the last one closed."""
+    steps = torch.load(data)
+    user, system = split_cpu_of_writers()
     start = time.perf_counter()
-    result = run()
+    kind, _, options = what.partition(":")
+    if kind == "zarr":
+        zarr_path(out, steps, count)
+    elif kind == "tensorstore":
+        tensorstore_path(out, steps, count)
+    else:
+        mode, threads = options.split(",")
+        recorder_path(out, steps, count, mode, int(threads))
     wall = time.perf_counter() - start
-    cpu, wall = result if isinstance(result, tuple) else (result, wall)
-    per_step = cpu / count
+    user_end, system_end = split_cpu_of_writers()
+    return {"user": user_end - user, "system": system_end - system, "wall": wall}
+
+
+def run_measurement(what: str, data: Path, count: int, root: Path, rounds: int) -> dict:
+    """``what`` in ``rounds`` fresh processes (each after the others' turn: see main), the
+    median of each figure."""
+    results = []
+    for _ in range(rounds):
+        out = root / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, __file__, "--measure", what, "--data", str(data)]
+        command += ["--steps", str(count), "--out", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        shutil.rmtree(out, ignore_errors=True)
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def report(label: str, result: dict, raw: int, count: int, goal: float | None = None) -> float:
+    cpu = (result["user"] + result["system"]) / count
     line = (
-        f"  {label:34s} {per_step:5.2f} CPU-s/step  {raw * count / cpu / 1e6:6.0f} MB per CPU-s  "
-        f"{raw * count / wall / 1e9:5.2f} GB/s"
+        f"  {label:34s} {cpu:5.2f} CPU-s/step ({result['user'] / count:.2f} user + "
+        f"{result['system'] / count:.2f} system)  {raw / cpu / 1e6:5.0f} MB per CPU-s  "
+        f"{raw * count / result['wall'] / 1e9:5.2f} GB/s"
     )
     if goal is not None:
-        line += f"  (goal <= {goal:.2f}: {'met' if per_step <= goal else 'MISSED'})"
+        line += f"  goal <= {goal:.2f}: {'met' if cpu <= goal else 'MISSED'}"
     print(line, flush=True)
-    return per_step
+    return cpu
 
 
 def main() -> None:
@@ -307,7 +328,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps written per measurement")
     parser.add_argument("--recording", type=Path, help="a real WB1 recording, for the codecs")
     parser.add_argument("--no-codecs", action="store_true", help="skip the codec table")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per figure")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.data, args.steps, args.out)))
+        return
 
     print(f"training {REAL_STEPS + 1} GPT-2-small steps for real tensors ...", flush=True)
     steps = real_gpt2_steps(REAL_STEPS)
@@ -328,49 +356,39 @@ def main() -> None:
     count = args.steps
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         root = Path(tmp)
-
-        def fresh(name: str) -> Path:
-            shutil.rmtree(root / name, ignore_errors=True)
-            return root / name
-
-        print(f"\n-- write paths, default mode's codecs, {count} steps, the recorder's work alone")
-        base = timed(
-            "zarr-python setitem (before)", raw, count, lambda: zarr_path(fresh("z"), steps, count)
-        )
-        tstore = timed(
-            "TensorStore zarr3 writer",
-            raw,
-            count,
-            lambda: tensorstore_path(fresh("t"), steps, count),
-        )
-        ours = timed(
-            "wordybird chunk writer, 1 thread",
-            raw,
-            count,
-            lambda: recorder_path(fresh("w"), steps, count, "default", 1),
-            GOALS["default"],
-        )
-        print(
-            f"  CPU against wordybird's: zarr-python {base / ours:.2f}x, "
-            f"TensorStore {tstore / ours:.2f}x"
-        )
-
-        print(f"\n-- StreamingRecorder by mode and codec threads, {count} steps")
+        data = root / "steps.pt"
+        torch.save(steps, data)
+        runs = {
+            "zarr": "zarr-python setitem (the old path)",
+            "tensorstore": "TensorStore zarr3 writer",
+            "wordybird:default,1": "wordybird chunk writer, 1 thread",
+        }
         for mode in ("default", "compact", "predictive"):
             for threads in (1, 2):
-                timed(
-                    f"{mode}, {threads} codec thread(s)",
-                    raw,
-                    count,
-                    lambda mode=mode, threads=threads: recorder_path(
-                        fresh("m"), steps, count, mode, threads
-                    ),
-                    GOALS[mode] if threads == 1 else None,
-                )
-        print(
-            f"  (throughput goal: >= {THROUGHPUT_GOAL / 1e9:.0f} GB/s into the page cache with "
-            "this machine's cores)"
-        )
+                runs[f"wordybird:{mode},{threads}"] = f"{mode}, {threads} codec thread(s)"
+        results = {what: run_measurement(what, data, count, root, args.rounds) for what in runs}
+
+    print(
+        f"\n-- write paths, the same codecs, {count} steps, the recorder's work alone, each in a "
+        f"fresh process, median of {args.rounds}"
+    )
+    ours = report(runs["wordybird:default,1"], results["wordybird:default,1"], raw, count)
+    base = report(runs["zarr"], results["zarr"], raw, count)
+    tstore = report(runs["tensorstore"], results["tensorstore"], raw, count)
+    print(
+        f"  CPU against wordybird's: zarr-python {base / ours:.2f}x, "
+        f"TensorStore {tstore / ours:.2f}x"
+    )
+    print(f"\n-- StreamingRecorder by mode and codec threads ({count} steps, queue_size=1)")
+    for what, label in runs.items():
+        if what.startswith("wordybird:"):
+            mode, threads = what.partition(":")[2].split(",")
+            goal = GOALS[mode] if threads == "1" else None
+            report(label, results[what], raw, count, goal)
+    print(
+        f"  (throughput goal: >= {THROUGHPUT_GOAL / 1e9:.0f} GB/s into the page cache with "
+        "this machine's cores)"
+    )
 
 
 if __name__ == "__main__":
