@@ -690,6 +690,8 @@ def test_existing_recording_is_not_overwritten_by_accident(tmp_path: Path) -> No
 def test_paths_that_are_not_recordings(tmp_path: Path) -> None:
     with pytest.raises(WordybirdError, match="does not exist"):
         wordybird.open(tmp_path / "missing.zarr")
+    with pytest.raises(FileNotFoundError):  # as Python's own open would be caught
+        wordybird.open(tmp_path / "missing.zarr")
     (tmp_path / "empty").mkdir()
     with pytest.raises(WordybirdError, match="not a wordybird recording"):
         wordybird.open(tmp_path / "empty")

@@ -30,7 +30,7 @@ from zarr.core.sync import sync
 
 import wordybird.recorder.bf16  # noqa: F401  (registers the Zarr bfloat16 type)
 from wordybird.constants import MODES, STEPS_FIELD, Mode
-from wordybird.errors import DamagedRecordingError, WordybirdError
+from wordybird.errors import DamagedRecordingError, RecordingNotFoundError, WordybirdError
 from wordybird.recorder.decoding import Decoding
 from wordybird.recorder.layout import FieldSpec
 from wordybird.storage import (
@@ -103,13 +103,13 @@ class RecordingStore:
         anything that is not one."""
         path = Location.of(where, storage_options)
         if path.local is not None and not path.local.exists():
-            raise WordybirdError(f"{path} does not exist")
+            raise RecordingNotFoundError(f"{path} does not exist")
         disk = open_store(path, read_only=read_only, durable=durable)
         if not _exists(path, disk, "zarr.json"):
             if _exists(path, disk, f"{RUN_RECORDING}/zarr.json"):  # a run folder: its recording
                 return cls.open(path.child(RUN_RECORDING), read_only=read_only, durable=durable)
             if path.local is None and not sync(any_key(disk, "")):
-                raise WordybirdError(f"{path} does not exist")
+                raise RecordingNotFoundError(f"{path} does not exist")
             raise WordybirdError(
                 f"{path} is not a wordybird recording (no zarr.json), nor a run folder "
                 f"holding one ({RUN_RECORDING})"

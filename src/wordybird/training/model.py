@@ -1,7 +1,8 @@
 """The Wordybird model: a tiny GPT-2 with bf16 parameters, computed in fp32 where bf16 is slow.
 
 The experiments need bf16 parameters, gradients and Adam state (that is what is recorded),
-but CPUs without native bf16 matrix multiplies run a bf16 forward ~12× slower than fp32.
+but CPUs without native bf16 matrix multiplies run a bf16 forward many times slower than fp32
+(measured: benchmarks/bench_training.py).
 :func:`compute_in` makes the model's forward run on parameters upcast to the compute dtype:
 the casts are part of the autograd graph, so gradients flow back to the bf16 parameters as
 bf16, and tied weights (GPT-2's ``wte``/``lm_head``) are upcast once and stay tied.
