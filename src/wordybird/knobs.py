@@ -13,6 +13,9 @@ from wordybird.errors import WordybirdError
 #: Overrides the writer's number of codec threads (``StreamingRecorder(codec_threads=…)``).
 CODEC_THREADS_VARIABLE = "WORDYBIRD_CODEC_THREADS"
 
+#: Overrides how the writer's threads are scheduled (``idle`` or ``normal``; see below).
+WRITER_PRIORITY_VARIABLE = "WORDYBIRD_WRITER_PRIORITY"
+
 #: Decoding reads the stored steps of a keyframe run in slices of at most this many bytes:
 #: one read of many chunks (zarr decodes them concurrently) costs far less than one a step.
 RUN_READ_BYTES = 64 << 20
@@ -60,3 +63,27 @@ def codec_threads(requested: int | None, *, on_gpu: bool) -> int:
     if requested < 1:
         raise WordybirdError(f"codec_threads must be at least 1, got {requested}")
     return requested
+
+
+def writer_priority() -> str:
+    """How the writer's threads are scheduled: ``idle`` (the default: Linux's SCHED_IDLE,
+    so they run only on cores nothing else wants) or ``normal``.
+
+    Training on a CPU keeps every core in OpenMP parallel regions, and a region waits for
+    its slowest thread: a writer at normal priority that preempts one of them stalls all
+    of them, so each writer CPU-second cost training more than a second
+    (benchmarks/bench_capture.py). At idle priority it runs in training's gaps instead, and
+    where those are too few ``record()`` waits for a free buffer set, leaving the cores to
+    it: the two never fight over a core. On a GPU run the host's cores are mostly idle, and
+    the writer runs as fast as at normal priority.
+    """
+    value = os.environ.get(WRITER_PRIORITY_VARIABLE, "idle").strip() or "idle"
+    if value not in ("idle", "normal"):
+        raise WordybirdError(f"{WRITER_PRIORITY_VARIABLE}={value!r}: give idle or normal")
+    return value
+
+
+def lower_this_threads_priority() -> None:
+    """Schedule the calling thread as :func:`writer_priority` says (where the system can)."""
+    if writer_priority() == "idle" and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread

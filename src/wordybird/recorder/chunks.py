@@ -31,6 +31,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from wordybird import knobs
 from wordybird.errors import WordybirdError
 from wordybird.storage import RecordingDisk
 
@@ -245,7 +246,11 @@ class ChunkWriter:
         self._lock = threading.Lock()
         self._pool = None
         if threads > 1:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="wordybird-codec")
+            self._pool = ThreadPoolExecutor(
+                threads,
+                thread_name_prefix="wordybird-codec",
+                initializer=knobs.lower_this_threads_priority,
+            )
 
     def write(self, chunks: Iterator[tuple[str, np.ndarray, ChunkCodec]]) -> None:
         """Encode and write every chunk."""

@@ -314,6 +314,7 @@ class StreamingRecorder:
     # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        knobs.lower_this_threads_priority()
         while True:
             item = self._work.get()
             start = time.thread_time()
