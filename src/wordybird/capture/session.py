@@ -138,7 +138,8 @@ class RecordingSession:
                 },
                 "note": "the fraction of a fixed sample of the parameter's coordinates (every "
                 "one where 'sample' equals 'of': then exact) whose value changed since the "
-                "previous recorded step; NaN at the recording's first step",
+                "previous recorded step; NaN where the monitor had no previous step to compare "
+                "with: the recording's first step, and the first after each resume",
             }
         self.recorder.update_metadata(entries)
         if self.recorder.mode == "predictive":
