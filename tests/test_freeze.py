@@ -43,7 +43,7 @@ from wordybird.analysis.lattice import (
     update_ulps,
 )
 from wordybird.analysis.parameter_report import format_report
-from wordybird.analysis.parameters import COLUMNS, _MedianSketch, analyze_parameters
+from wordybird.analysis.parameters import COLUMNS, analyze_parameters
 from wordybird.capture.monitor import FreezeMonitor
 
 #: an embedding and a read-out over 16 KiB (big fields: predicted in a predictive store)
@@ -521,17 +521,3 @@ def test_ulps_and_spacing_match_numpys_nextafter(dtype: type) -> None:
     clear = np.abs(np.abs(delta) - half) > 1e-3 * half
     moved = (x.astype(np.float64) + delta).astype(dtype) != x
     assert np.array_equal((update_ulps(x, delta) > 0.5)[clear], moved[clear])
-
-
-def test_the_median_sketch_is_within_its_bin() -> None:
-    rng = np.random.default_rng(1)
-    values = np.abs(rng.standard_normal(100_001)) * 10.0 ** rng.integers(-9, 3, 100_001)
-    values[:2000] = 0.0
-    sketch = _MedianSketch()
-    for part in np.array_split(values, 7):
-        sketch.add(part)
-    exact = float(np.sort(values)[(len(values) + 1) // 2 - 1])
-    assert sketch.median() == pytest.approx(exact, rel=2 ** (1 / 128) - 1)
-    zeros = _MedianSketch()
-    zeros.add(np.zeros(5))
-    assert zeros.median() == 0.0

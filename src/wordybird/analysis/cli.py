@@ -170,8 +170,9 @@ def analyze(
         if not notebook:
             given = [o for o, v in (("--masks", masks), ("--compare", compare)) if v]
             if given and parameter_names(opened):
+                verb = "apply" if len(given) > 1 else "applies"
                 raise WordybirdError(
-                    f"{' and '.join(given)} apply to the notebook's layout (an 'embeddings' "
+                    f"{' and '.join(given)} {verb} to the notebook's layout (an 'embeddings' "
                     f"field); {opened.path} records parameters by name"
                 )
             _by_name(opened, parameters, out, threshold)

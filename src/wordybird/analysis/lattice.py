@@ -92,6 +92,8 @@ def ulp_distance(a: ArrayLike, b: ArrayLike) -> ArrayLike:
         _check_bf16(a, b)
         return to_torch(ulp_distance(_numpy(a), _numpy(b)).astype(np.int32))
     oa, ob = ordered(a), ordered(b)
+    if oa.dtype.itemsize > np.dtype(a.dtype).itemsize:  # wide enough for the difference
+        return np.abs(oa - ob).view(oa.dtype.str.replace("i", "u"))
     unsigned = np.dtype(oa.dtype.str.replace("i", "u"))
     ua, ub = oa.view(unsigned), ob.view(unsigned)
     return np.where(oa >= ob, ua - ub, ub - ua)

@@ -11,8 +11,9 @@ previous step and the same step's recorded inputs. Two things are asked of it:
   rounded to the parameter's dtype) minus the previous value: the update before
   round-to-nearest, in ULPs at the previous value (below 1/2: thrown away).
 
-Both run on whatever slice of coordinates they are given (a block of a step in the
-analysis, a sample in the live monitor): the arithmetic is elementwise.
+Both run on whatever coordinates they are given (the analysis: every coordinate for the
+moves, in blocks, and a fixed sample of them for the sizes; the live monitor: its sample):
+the arithmetic is elementwise.
 """
 
 from __future__ import annotations
@@ -27,27 +28,44 @@ from wordybird.recorder.predict import Prediction, predict
 
 #: The rules that predict a parameter's value (the others predict optimizer state).
 PARAMETER_RULES = ("adam_param", "sgd_param")
+#: Coordinates of a parameter whose update sizes are measured (and that the live monitor
+#: follows): every one of a parameter this size or smaller, else this many evenly spaced.
+SAMPLE_SIZE = 1 << 16
+
+
+def sample_indices(size: int, count: int = SAMPLE_SIZE) -> np.ndarray:
+    """``min(size, count)`` evenly spaced flat indices into ``size`` coordinates (int64):
+    a fixed sample, the same at every step, the same in the analysis and the monitor."""
+    count = min(size, count)
+    return np.arange(count, dtype=np.int64) * size // max(count, 1)
+
+
+def predicted_moves(
+    prediction: Prediction, previous: np.ndarray, inputs: Mapping[str, np.ndarray], step: int
+) -> np.ndarray:
+    """Which coordinates the rule moves at recorded step ``step`` (bool): its own
+    arithmetic, rounded to ``previous``'s dtype, changes the value. ``previous``: the
+    values at the step before; ``inputs``: by role, arrays shaped like ``previous`` or 0-d
+    scalars."""
+    rounded = predict(prediction, previous, inputs, step, parallel=False)
+    return ulp_distance(rounded, previous) != 0
 
 
 @dataclass(frozen=True)
-class PredictedStep:
-    """The rule's verdict per coordinate: ``moves`` (bool), the unrounded ``update``
-    (float64) and its size in ``ulps`` at the previous value (float64)."""
+class PredictedUpdate:
+    """The rule's update before rounding (float64), and its size in ULPs at the previous
+    value (float64; below 1/2, round-to-nearest throws it away)."""
 
-    moves: np.ndarray
     update: np.ndarray
     ulps: np.ndarray
 
 
-def predicted_step(
+def predicted_update(
     prediction: Prediction, previous: np.ndarray, inputs: Mapping[str, np.ndarray], step: int
-) -> PredictedStep:
-    """The update ``prediction`` makes at recorded step ``step`` to ``previous`` (the
-    parameter's values at the step before), from ``inputs`` by role (arrays shaped like
-    ``previous``, or 0-d scalars)."""
-    rounded = predict(prediction, previous, inputs, step, parallel=False)
+) -> PredictedUpdate:
+    """The update the rule makes at recorded step ``step``, computed on the previous values
+    widened to float64, so that nothing is rounded to the parameter's dtype."""
     wide = previous.astype(np.float64)
     with np.errstate(invalid="ignore"):  # inf - inf: NaN, as the predictor's own NaNs
         update = predict(prediction, wide, inputs, step, parallel=False) - wide
-    moves = ulp_distance(rounded, previous) != 0
-    return PredictedStep(moves, update, update_ulps(previous, update))
+    return PredictedUpdate(update, update_ulps(previous, update))

@@ -50,13 +50,15 @@ from wordybird.analysis.freeze import (
     percent,
     verdict,
 )
-from wordybird.analysis.predicted import predicted_step
+from wordybird.analysis.predicted import (
+    SAMPLE_SIZE,
+    predicted_moves,
+    predicted_update,
+    sample_indices,
+)
 from wordybird.dtypes import from_torch
 from wordybird.errors import FreezeWarning, WordybirdError
 from wordybird.recorder.predict import Prediction
-
-#: Coordinates followed per parameter: every one of a parameter this size or smaller.
-SAMPLE_SIZE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,7 @@ class FreezeMonitor:
         for name, watched in parameters.items():
             value = fields[watched.value]
             size = value.numel()
-            count = min(size, self.sample_size)
-            index = torch.div(
-                torch.arange(count, dtype=torch.int64) * size, count, rounding_mode="floor"
-            )
+            index = torch.from_numpy(sample_indices(size, self.sample_size))
             self._follows[name] = _Follow(
                 watched, index.to(value.device), size, window=deque(maxlen=self.patience)
             )
@@ -262,16 +261,17 @@ class FreezeMonitor:
         ):
             return StepEvidence(o.step, evidence.moved, evidence.learning_rate, gradient_zero)
         inputs = {role: from_torch(t.cpu()) for role, t in o.inputs.items()}
-        rule = predicted_step(w.prediction, previous, inputs, o.step)
+        moves = predicted_moves(w.prediction, previous, inputs, o.step)
+        sized = predicted_update(w.prediction, previous, inputs, o.step)
         changed = from_torch(o.changed.cpu()) if o.changed is not None else None
         return StepEvidence(
             evidence.step,
             evidence.moved,
             evidence.learning_rate,
             gradient_zero,
-            float(np.count_nonzero(rule.moves)) / rule.moves.size,
-            float(np.count_nonzero(rule.moves == changed)) / rule.moves.size,
-            float(np.median(rule.ulps)),
+            float(np.count_nonzero(moves)) / moves.size,
+            float(np.count_nonzero(moves == changed)) / moves.size,
+            float(np.median(sized.ulps)),
         )
 
     def _warn(self, follow: _Follow, window: list[StepEvidence]) -> None:
