@@ -18,11 +18,11 @@ Figures, all from this one run (the machine may be shared: compare the ratios):
   and plots included, over the steps) and peak RSS (``_common.peak_rss_of``), against the goal
   ``<= 2 x one step of the analysed fields + 300 MB``;
 - the monitor's cost per step on this parameter: CPU-seconds of ``FreezeMonitor.observe``
-  alone (replayed on two recorded steps held in memory, nothing else running), on an ordinary step (one
-  gathered sample, one comparison) and on a step below the threshold (the rule's inputs
-  gathered too, the predictor run on the sample), and its wall time inside the training
-  loop; against the goal ``<= 1%`` of the writer's CPU-seconds per step, measured in the
-  same loop.
+  alone (replayed on two recorded steps held in memory, nothing else running), on an
+  ordinary step (one gathered sample, one comparison) and on a step below the threshold
+  (the rule's inputs gathered too, the predictor run on the sample), and its wall time
+  inside the training loop; against the goal ``<= 1%`` of the writer's CPU-seconds per
+  step, measured in the same loop.
 
 Run: ``python benchmarks/bench_analyze.py [--steps 20]`` (about 4 minutes on 2 cores).
 """
@@ -104,10 +104,13 @@ def record(path: Path, steps: int) -> dict[str, Any]:
     }
 
 
-def replay_monitor(path: Path, threshold: float, repeats: int = 40) -> tuple[float, float]:
+def replay_monitor(path: Path, threshold: float, repeats: int = 200) -> tuple[float, float]:
     """Median CPU- and wall-seconds of one ``FreezeMonitor.observe`` on two recorded steps
     held in memory, alternately (nothing else running): below ``threshold`` = 1 every step
-    takes the explaining path, above a tiny one the ordinary path."""
+    takes the explaining path, above a tiny one the ordinary path. On one torch thread: a
+    second one would add its spin-waits to the process's CPU time, and a core busy
+    elsewhere (the writer, another process) its waits to the wall time, neither of them
+    the monitor's work."""
     with wordybird.open(path) as rec:
         names = [f for f in rec.fields if f.startswith(WTE)] + ["grad_norms"]
         steps = [{name: rec[name][p] for name in names} for p in (len(rec) - 2, len(rec) - 1)]
@@ -116,11 +119,14 @@ def replay_monitor(path: Path, threshold: float, repeats: int = 40) -> tuple[flo
     watched = Watched(WTE, f"{WTE}/value", f"{WTE}/grad", f"{WTE}/lr", prediction)
     monitor.start({WTE: watched}, steps[0])
     cpu, wall = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for step in range(1, repeats + 1):
         start, start_cpu = time.perf_counter(), time.process_time()
         monitor.observe(step, steps[step % 2])
         cpu.append(time.process_time() - start_cpu)
         wall.append(time.perf_counter() - start)
+    torch.set_num_threads(threads)
     return statistics.median(cpu[1:]), statistics.median(wall[1:])
 
 
@@ -210,7 +216,10 @@ def main() -> None:
             f"  {label:25s} {cpu * 1e3:6.2f} ms CPU ({seconds * 1e3:.2f} ms wall) = "
             f"{cpu / writer:.2%} of the writer's CPU (goal <= {GOAL_MONITOR_SHARE:.0%})"
         )
-    print(f"  inside the training loop: {wall * 1e3:.2f} ms wall a step (median)")
+    print(
+        f"  inside the training loop: {wall * 1e3:.2f} ms wall a step (median; with the "
+        "writer and the training's threads on the same cores)"
+    )
     print(f"  warned: {loop['warned'] or 'none'} (frozen-from step per parameter)")
 
 

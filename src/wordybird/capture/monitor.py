@@ -31,6 +31,7 @@ garbling it.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import warnings
 from collections import deque
@@ -296,7 +297,26 @@ class FreezeMonitor:
         )
         self.warned[w.name] = warning
         with tqdm.external_write_mode(file=sys.stderr):
-            warnings.warn(warning, stacklevel=2)
+            warnings.warn(warning, stacklevel=_caller_level())
+
+
+#: Libraries whose frames lie between the monitor and the code that stepped the optimizer.
+_LIBRARIES = ("wordybird", "torch", "transformers", "accelerate")
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside wordybird and the training libraries
+    (the loop's ``optimizer.step()``, a script's ``trainer.train()``), so that the warning
+    names the user's line rather than one of ours; counted from :meth:`FreezeMonitor._warn`."""
+    folders = tuple(
+        os.path.dirname(module.__file__) + os.sep
+        for name in _LIBRARIES
+        if (module := sys.modules.get(name)) is not None and getattr(module, "__file__", None)
+    )
+    frame, level = sys._getframe(2), 2  # 1 is _warn itself
+    while frame is not None and frame.f_code.co_filename.startswith(folders):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
