@@ -34,7 +34,14 @@ from torch import nn
 
 import wordybird
 from wordybird import FreezeWarning, StreamingRecorder, WordybirdError
-from wordybird.analysis.freeze import AGREEMENT, DEFAULT_THRESHOLD, MASTER_WEIGHTS, freeze_step
+from wordybird.analysis.freeze import (
+    AGREEMENT,
+    DEFAULT_THRESHOLD,
+    MASTER_WEIGHTS,
+    StepEvidence,
+    freeze_step,
+    verdict,
+)
 from wordybird.analysis.lattice import (
     from_ordered,
     ordered,
@@ -433,6 +440,30 @@ def test_a_resumed_recording_keeps_the_monitors_fields(tmp_path: Path) -> None:
         moved = rec["out.weight/moved"].numpy(slice(None))
         # unknown (NaN) where the monitor had no previous step: the first of each session
         assert np.isnan(moved).tolist() == [True, False, True, False]
+
+
+def test_the_verdict_tells_rounding_from_a_rule_that_says_it_should_have_moved() -> None:
+    """The cause's rule on evidence made by hand: rounding needs every predicted step of the
+    frozen span below the threshold and agreeing on >= 99% of coordinates."""
+
+    def run(predicted: float, agreement: float) -> list[StepEvidence]:
+        moving = [StepEvidence(s, 0.5, 1e-3, False, 0.5, 1.0, 2.0) for s in (1, 2)]
+        frozen = [StepEvidence(s, 0.0, 1e-6, False, predicted, agreement, 0.01) for s in (3, 4)]
+        return [StepEvidence(0, None), *moving, *frozen]
+
+    rounding = verdict(run(0.0, 0.995), DEFAULT_THRESHOLD)
+    assert (rounding.frozen_from_step, rounding.cause) == (3, "rounding")
+    assert rounding.lr_half == pytest.approx(1e-6 / (2 * 0.01))
+    assert f"{rounding.lr_half:.3g} at step 3 (it was 1e-06)" in rounding.remedy
+    moving = verdict(run(0.2, 0.8), DEFAULT_THRESHOLD)
+    assert moving.cause == "unexplained" and "moves 20% of its coordinates at step 3" in (
+        moving.reason
+    )
+    disagreeing = verdict(run(0.0, 0.98), DEFAULT_THRESHOLD)
+    assert disagreeing.cause == "unexplained" and "agree on only 98%" in disagreeing.reason
+    unknown = verdict([*run(0.0, 1.0)[:3], StepEvidence(3, 0.0, 1e-6)], DEFAULT_THRESHOLD, "why")
+    assert (unknown.cause, unknown.reason) == ("unexplained", "why")
+    assert verdict(run(0.0, 1.0)[:3], DEFAULT_THRESHOLD).frozen_from_step is None
 
 
 # -- the notebook's layout ------------------------------------------------------------------
