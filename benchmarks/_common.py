@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -159,13 +161,40 @@ def time_compress(
     return raw / packed, raw / best
 
 
+#: Runs the command given as its arguments, then prints the command's own peak RSS (bytes).
+#: The measuring process must not be the command's parent: Linux carries the parent's RSS at
+#: the fork into the child's ``ru_maxrss``, through ``exec``, so a benchmark holding 2 GB
+#: measured every command it spawned as >= 2 GB. This small process forks it instead.
+_PEAK_RSS = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+errors = child.stderr.read()  # drained before waiting, so the child never blocks
+_, status, usage = os.wait4(child.pid, 0)
+sys.stderr.buffer.write(errors)
+print(usage.ru_maxrss * 1024)  # KiB on Linux
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss_of(command: list[str]) -> int:
-    """Run ``command``; its own peak RSS in bytes, reaped with ``os.wait4`` (raises with the
-    end of its stderr when it fails)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    errors = process.stderr.read()  # drained before waiting, so the child never blocks
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{' '.join(command)} failed:\n{errors.decode()[-3000:]}")
-    return usage.ru_maxrss * 1024  # KiB on Linux
+    """Run ``command``; its own peak RSS in bytes (raises with the end of its stderr when it
+    fails). Measured by a small go-between process: see ``_PEAK_RSS``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return int(done.stdout)
+
+
+def writer_cpu_seconds(recorder: object) -> float:
+    """CPU time a recorder's writing cost so far: its writer and codec threads' (which the
+    recorder counts itself: its writer thread ends at close) and zarr's threads' (its event
+    loop and the pool its store writes metadata in)."""
+    ticks = 0
+    for thread in threading.enumerate():
+        if thread.name.startswith(("zarr_io", "asyncio_")) and thread.native_id is not None:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return recorder.writer_cpu_seconds + ticks / os.sysconf("SC_CLK_TCK")

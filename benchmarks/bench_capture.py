@@ -35,17 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import peak_rss_of
+from _common import peak_rss_of, writer_cpu_seconds
 
 #: The recorded parameter: GPT-2's input embedding (tied to the output layer).
 WTE = "transformer.wte.weight"
@@ -64,18 +62,6 @@ def cpu_seconds() -> float:
     """CPU time of this process so far, every thread's (user + system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def zarr_cpu_seconds() -> float:
-    """CPU time of zarr's threads (its event loop and the pool its store writes metadata in):
-    the recorder grows its arrays and rewrites its header through them."""
-    ticks = 0
-    for thread in threading.enumerate():
-        if thread.name.startswith(("zarr_io", "asyncio_")) and thread.native_id is not None:
-            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def worker(run: str, steps: int, batch: int, seq: int, out: Path) -> dict[str, Any]:
@@ -118,7 +104,7 @@ def worker(run: str, steps: int, batch: int, seq: int, out: Path) -> dict[str, A
     writer_cpu = 0.0
     if watch is not None:
         watch.close()  # writes every queued step
-        writer_cpu = watch.recorder.writer_cpu_seconds + zarr_cpu_seconds()
+        writer_cpu = writer_cpu_seconds(watch.recorder)
     total, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     result: dict[str, Any] = {
         "run": run,

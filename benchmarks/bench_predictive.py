@@ -72,9 +72,8 @@ def record(path: Path, mode: str, steps, predictions: dict[str, Prediction]) -> 
     """Record ``(step, fields)`` pairs into a new store; seconds until all are committed."""
     start = time.perf_counter()
     with StreamingRecorder(path, mode=mode, overwrite=True) as recorder:
-        recorder.set_predictions(predictions)
         for step, fields in steps:
-            recorder.record(step, fields)
+            recorder.record(step, fields, predictions=predictions)
     return time.perf_counter() - start
 
 

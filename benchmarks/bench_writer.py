@@ -250,10 +250,9 @@ def tensorstore_path(out: Path, steps: list[Step], count: int) -> None:
 def recorder_path(out: Path, steps: list[Step], count: int, mode: str, threads: int) -> None:
     """StreamingRecorder from the first record() to close()."""
     recorder = wordybird.StreamingRecorder(out, mode=mode, queue_size=1, codec_threads=threads)
-    if mode == "predictive":
-        recorder.set_predictions(predictions())
+    rules = predictions()
     for i in range(count):
-        recorder.record(i + 1, steps[i % len(steps)])
+        recorder.record(i + 1, steps[i % len(steps)], predictions=rules)
     recorder.close()
 
 

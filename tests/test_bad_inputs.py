@@ -31,6 +31,7 @@ from test_export import VOCAB, make_recording, run_cli
 from test_recorder import make_step, same_bits
 from test_training import config
 from wordybird import StreamingRecorder, WordybirdError
+from wordybird.capture.monitor import FreezeMonitor
 from wordybird.export import export_safetensors
 from wordybird.training.experiments import train
 
@@ -74,6 +75,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     zarr.open_group(str(w / "plain.zarr"), mode="w")
     save_file({"w": torch.zeros(3)}, str(w / "weights.safetensors"))
     write_masks(w / "masks.safetensors", vocab=VOCAB)
+    with StreamingRecorder(w / "by-name.zarr") as by_name:  # one parameter, recorded by name
+        for step in range(3):
+            by_name.record(step, {"w/value": torch.full((4, 4), step / 8).bfloat16()})
 
     cut = export_safetensors(rec, w / "cut.safetensors")
     with open(cut, "r+b") as f:
@@ -293,6 +297,24 @@ CLI_REFUSALS: dict[str, tuple[tuple[str, ...], str]] = {
         "cannot continue from s3://bucket/wb1/checkpoint-2: a checkpoint must be a local "
         "folder (the Trainer reads it from disk)",
     ),
+    "analyze-parameter-matching-nothing": (
+        ("analyze", "{w}/by-name.zarr", "--parameter", "v*", "--out", "{w}/out"),
+        "{w}/by-name.zarr has no recorded parameter matching 'v*'; it records w",
+    ),
+    "analyze-parameter-of-the-notebook-layout": (
+        ("analyze", REC, "--parameter", "wte", "--masks", "{w}/masks.safetensors"),
+        "{w}/rec.zarr is in the notebook's layout (an 'embeddings' field, analysed by token "
+        "masks); --parameter chooses parameters of a recording by name",
+    ),
+    "analyze-masks-of-a-recording-by-name": (
+        ("analyze", "{w}/by-name.zarr", "--masks", "{w}/masks.safetensors", "--out", "{w}/out"),
+        "--masks applies to the notebook's layout (an 'embeddings' field); {w}/by-name.zarr "
+        "records parameters by name",
+    ),
+    "analyze-threshold-by-name": (
+        ("analyze", "{w}/by-name.zarr", "--threshold", "0", "--out", "{w}/out"),
+        "the threshold is a hop fraction in (0, 1], got 0.0",
+    ),
     "masks-out-a-folder": (
         ("masks", *CORPUS_ARG, "--out", "{w}/empty"),
         "Is a directory",
@@ -497,6 +519,14 @@ BAD_CALLS: dict[str, tuple[Callable[[Path], object], str]] = {
     "steps-per-file-0": (
         lambda w: export_safetensors(w / "rec.zarr", w / "x.safetensors", steps_per_file=0),
         "steps per file must be at least 1, got 0",
+    ),
+    "monitor-patience-0": (
+        lambda w: FreezeMonitor(patience=0),
+        "patience must be at least 1 recorded step, got 0",
+    ),
+    "monitor-threshold-above-1": (
+        lambda w: FreezeMonitor(threshold=2.0),
+        "the threshold is a hop fraction in (0, 1], got 2.0",
     ),
 }
 

@@ -289,9 +289,8 @@ ADAM_PREDICTIONS = {
 
 def record(path: Path, steps: list[dict[str, torch.Tensor]], numbers: range, **kwargs) -> None:
     with StreamingRecorder(path, **kwargs) as rec:
-        rec.set_predictions(ADAM_PREDICTIONS)
         for number in numbers:
-            rec.record(number, steps[number - 1])
+            rec.record(number, steps[number - 1], predictions=ADAM_PREDICTIONS)
 
 
 def test_a_truncated_and_resumed_recording_predicts_from_the_steps_on_disk(tmp_path: Path) -> None:
@@ -449,12 +448,12 @@ def test_a_thread_that_flushes_subnormals_is_refused_not_mispredicted() -> None:
 
 def test_a_prediction_from_a_field_not_recorded_is_refused(tmp_path: Path) -> None:
     steps = adam_steps(1)
-    with StreamingRecorder(tmp_path / "r.zarr", mode="predictive") as rec:
-        rec.set_predictions(
-            {**ADAM_PREDICTIONS, "m": Prediction("adam_exp_avg", {"grad": "nope"}, {"beta1": 0.9})}
-        )
-        with pytest.raises(WordybirdError, match="predicted from 'nope'"):
-            rec.record(1, steps[0])
+    wrong = {**ADAM_PREDICTIONS, "m": Prediction("adam_exp_avg", {"grad": "nope"}, {"beta1": 0.9})}
+    with (
+        StreamingRecorder(tmp_path / "r.zarr", mode="predictive") as rec,
+        pytest.raises(WordybirdError, match="predicted from 'nope'"),
+    ):
+        rec.record(1, steps[0], predictions=wrong)
 
 
 def test_predictions_that_read_each_other_are_refused(tmp_path: Path) -> None:
@@ -463,10 +462,11 @@ def test_predictions_that_read_each_other_are_refused(tmp_path: Path) -> None:
         "m": Prediction("adam_exp_avg", {"grad": "v"}, {"beta1": 0.9}),
         "v": Prediction("adam_exp_avg_sq", {"grad": "m"}, {"beta2": 0.9}),
     }
-    with StreamingRecorder(tmp_path / "r.zarr", mode="predictive") as rec:
-        rec.set_predictions(cycle)
-        with pytest.raises(WordybirdError, match="depend on each other"):
-            rec.record(1, steps[0])
+    with (
+        StreamingRecorder(tmp_path / "r.zarr", mode="predictive") as rec,
+        pytest.raises(WordybirdError, match="depend on each other"),
+    ):
+        rec.record(1, steps[0], predictions=cycle)
 
 
 def _edit_header(path: Path, edit) -> None:

@@ -22,6 +22,7 @@ import test_recorder_faults as faults
 import wordybird
 from test_analysis import V, wb1_and_wb3
 from test_distributed import WORDYBIRD, launch
+from test_freeze import train as train_tiny
 from test_recorder import same_bits
 from test_training_cli import TINY, wordybird_cli, write_corpus
 from wordybird import StreamingRecorder, WordybirdError, storage
@@ -473,6 +474,26 @@ def test_analyze_finds_the_masks_beside_an_s3_recording(
     assert len(missing.stderr.splitlines()) == 1
     given = wordybird_cli("analyze", url3, "--masks", masks_url, "--out", tmp_path / "a3")
     assert given.returncode == 0, given.stderr
+
+
+def test_analyze_of_an_s3_recording_by_name_equals_the_local_analysis(
+    bucket: str, endpoint: str, tmp_path: Path
+) -> None:
+    """A pure-bf16 run recorded by name, analysed from the bucket: the same parameters,
+    freeze steps and causes as the local copy's analysis."""
+    local = tmp_path / "run" / "recording.zarr"
+    local.parent.mkdir()
+    with pytest.warns(wordybird.FreezeWarning):
+        train_tiny({"compact": local}, torch.bfloat16, steps=30)
+    upload_folder(endpoint, bucket, local.parent, "runs/tiny")
+    outputs = {}
+    for where in (local, f"s3://{bucket}/runs/tiny/recording.zarr"):
+        out = tmp_path / ("s3" if isinstance(where, str) else "local")
+        done = wordybird_cli("analyze", where, "--out", out)
+        assert done.returncode == 0, done.stderr
+        outputs[out.name] = json.loads((out / "analysis.json").read_text())
+    assert outputs["s3"]["parameters"] == outputs["local"]["parameters"]
+    assert outputs["s3"]["summary"]["frozen"] == outputs["local"]["summary"]["frozen"] != []
 
 
 def test_train_to_s3_as_two_processes(bucket: str, endpoint: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ The public surface is small:
 - :func:`watch` — record a plain PyTorch loop at every ``optimizer.step()``.
 - :func:`export` — a recording as the notebook's safetensors file(s), streamed.
 - :class:`WordybirdError` — every failure a user can cause.
+- :class:`FreezeWarning` — the live freeze monitor's warning: a parameter stopped moving.
 
 Everything is imported on first use: ``import wordybird`` costs almost nothing, and reading
 or exporting never imports torch.
@@ -51,6 +52,10 @@ def __getattr__(name: str) -> Any:
         from wordybird.opening import open
 
         return open
+    if name == "FreezeWarning":
+        from wordybird.errors import FreezeWarning
+
+        return FreezeWarning
     if name == "Recording":
         from wordybird.recording import Recording
 
@@ -59,6 +64,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "FreezeWarning",
     "RecorderCallback",
     "Recording",
     "StreamingRecorder",

@@ -50,3 +50,27 @@ class MissingExtraError(WordybirdError, ModuleNotFoundError):
 def no_field(where: object, field: str, fields: Iterable[str]) -> KeyError:
     """The error for a field a recording does not hold (a ``KeyError``, as a mapping's)."""
     return KeyError(f"{where} has no field {field!r}; it has {', '.join(fields)}")
+
+
+class FreezeWarning(UserWarning):
+    """A recorded parameter stopped moving during training: the live freeze monitor's
+    warning (``wordybird.capture.monitor``). The message names the parameter, the step it
+    froze from, the moving fraction and the cause; so do the attributes (``at_step``: the
+    recorded step at which the monitor saw it, ``fraction`` its moving fraction then)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        parameter: str,
+        step: int | None,
+        at_step: int,
+        fraction: float | None,
+        cause: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.step = step
+        self.at_step = at_step
+        self.fraction = fraction
+        self.cause = cause

@@ -133,6 +133,17 @@ class Recording(ABC):
     def close(self) -> None:  # noqa: B027  (only file-backed forms hold a resource)
         """Release any open file."""
 
+    def field_prediction(self, field: str) -> dict[str, Any] | None:
+        """How the recording itself predicts ``field``'s steps (a predictive store's header
+        entry, as JSON: ``Prediction.to_json()``), or None: only predictive stores hold one;
+        other recordings may say it in their metadata's ``predictions``."""
+        return None
+
+    def forget_decoded(self) -> None:  # noqa: B027  (only difference-encoded stores keep any)
+        """Drop what the reader keeps between reads to decode the next step of a field (a
+        compact or predictive store's last decoded step of each field read): a reader
+        moving on to other fields frees that memory; a later read decodes from a keyframe."""
+
     # -- parallel reads (Dask workers, ``to_xarray``) ---------------------------------------
 
     def block_length(self, field: str) -> int:

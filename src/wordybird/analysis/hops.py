@@ -17,7 +17,6 @@ time, keeping only the previous and the first step's embeddings.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wordybird.analysis.freeze import DEFAULT_THRESHOLD, check_threshold, freeze_step
 from wordybird.analysis.lattice import ordered_int, spacing_toward
 from wordybird.analysis.masks import GROUPS, TokenMasks
+from wordybird.analysis.parameters import recording_label
 from wordybird.analysis.run_inputs import (
     AdamSettings,
     embeddings_shape,
@@ -37,8 +38,6 @@ from wordybird.analysis.run_inputs import (
 )
 from wordybird.errors import WordybirdError
 from wordybird.recording import Recording
-
-DEFAULT_THRESHOLD = 1e-3
 
 #: Per-group statistics, in column order; each becomes ``<group>_<name>`` in a record,
 #: except the predicted fraction, which is ``predicted_<group>_hop_fraction``.
@@ -79,20 +78,6 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
-def freeze_step(steps: np.ndarray, fractions: list[float | None], threshold: float) -> int | None:
-    """The first step from which every later hop fraction stays below ``threshold``.
-
-    ``None`` means not frozen: the last step still hops (or is unknown). Unknown fractions
-    (``None``, e.g. the first recorded step, which has no predecessor) end the frozen run.
-    """
-    frozen_from: int | None = None
-    for step, fraction in zip(steps[::-1], fractions[::-1], strict=True):
-        if fraction is None or not fraction < threshold:
-            break
-        frozen_from = int(step)
-    return frozen_from
-
-
 @dataclass
 class Analysis:
     """One recording's per-step records and its summary."""
@@ -109,12 +94,6 @@ class Analysis:
         )
 
 
-def recording_label(path: str | os.PathLike[str]) -> str:
-    """A short name for plots: the run folder for ``<run>/recording.*``, else the file stem."""
-    path = Path(path)
-    return path.parent.name if path.stem == "recording" and path.parent.name else path.stem
-
-
 def analyze(
     recording: Recording,
     masks: TokenMasks,
@@ -125,8 +104,7 @@ def analyze(
 ) -> Analysis:
     """Measure hops, displacements and the predicted hops at every recorded step."""
     vocab_size, dim = embeddings_shape(recording)
-    if not 0 < threshold <= 1:
-        raise WordybirdError(f"the threshold is a hop fraction in (0, 1], got {threshold}")
+    check_threshold(threshold)
     steps = recording.steps
     if len(steps) < 2:
         raise WordybirdError(

@@ -1,4 +1,5 @@
-"""PNG plots of an analysis, with other runs overlaid (e.g. WB1 against its continuation WB3).
+"""PNG plots of an analysis: the notebook's (with other runs overlaid, e.g. WB1 against its
+continuation WB3), and a by-name recording's, one per parameter and an overview.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so plotting needs no
 display and leaves the process's global matplotlib state alone.
@@ -9,16 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wordybird.analysis.hops import Analysis
+if TYPE_CHECKING:  # types only: the by-name plots need no torch, the notebook's module does
+    from wordybird.analysis.hops import Analysis
+    from wordybird.analysis.parameters import ParameterAnalysis, ParametersAnalysis
 
 HOPS_PNG = "hops.png"
 DISPLACEMENT_PNG = "displacement.png"
+OVERVIEW_PNG = "overview.png"
+#: Parameters the overview names in its legend; more are drawn without names.
+OVERVIEW_LEGEND = 12
 
 
 def _symlog(ax: Axes, *series: np.ndarray, floor: float = np.inf) -> None:
@@ -139,3 +146,68 @@ def write_plots(
         plot_hops(main, compare, out / HOPS_PNG),
         plot_displacement(main, compare, out / DISPLACEMENT_PNG),
     ]
+
+
+def plot_parameter(analysis: ParameterAnalysis, threshold: float, path: Path) -> Path:
+    """One parameter's moving fraction, observed and predicted, and its learning rate."""
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    hops, lr = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    steps = analysis.series("step")
+    observed = analysis.series("hop_fraction")
+    predicted = analysis.series("predicted_hop_fraction")
+    hops.plot(steps, observed, "-", color="C0", label="observed")
+    shown = [observed]
+    if not np.all(np.isnan(predicted)):
+        hops.plot(steps, predicted, "--", color="C1", label="predicted (update rule)")
+        shown.append(predicted)
+    hops.axhline(threshold, color="grey", linewidth=0.8, linestyle="-.", label="threshold")
+    v = analysis.verdict
+    title = f"{analysis.name} ({analysis.dtype}): "
+    if v.frozen_from_step is not None:
+        hops.axvline(v.frozen_from_step, color="C3", linewidth=0.8, label="frozen from")
+        title += f"frozen from step {v.frozen_from_step} ({v.cause})"
+    else:
+        title += "not frozen"
+    _symlog(hops, *shown, floor=threshold)
+    hops.set_ylabel("fraction of coordinates that moved")
+    hops.set_title(title)
+    hops.legend(fontsize="small")
+    rates = analysis.series("learning_rate")
+    lr.plot(steps, rates, color="C2")
+    if np.any(rates > 0):
+        lr.set_yscale("log")
+    lr.set_ylabel("learning rate")
+    lr.set_xlabel("step")
+    return _save(fig, path)
+
+
+def plot_overview(analysis: ParametersAnalysis, path: Path) -> Path:
+    """Every analysed parameter's observed moving fraction over the steps."""
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    ax = fig.subplots()
+    threshold = analysis.summary["threshold"]
+    shown = []
+    parameters = list(analysis.parameters.values())
+    for i, parameter in enumerate(parameters):
+        fraction = parameter.series("hop_fraction")
+        frozen = parameter.verdict.frozen_from_step
+        label = parameter.name + (f" (frozen from {frozen})" if frozen is not None else "")
+        ax.plot(
+            parameter.series("step"),
+            fraction,
+            color=f"C{i % 10}",
+            linewidth=1.0,
+            label=label if len(parameters) <= OVERVIEW_LEGEND else None,
+        )
+        shown.append(fraction)
+    ax.axhline(threshold, color="grey", linewidth=0.8, linestyle="-.", label="threshold")
+    _symlog(ax, *shown, floor=threshold)
+    frozen = len(analysis.frozen())
+    ax.set_title(
+        f"{analysis.label}: fraction of each parameter's coordinates that moved per recorded "
+        f"step ({frozen} of {len(parameters)} frozen)"
+    )
+    ax.set_ylabel("fraction of coordinates that moved")
+    ax.set_xlabel("step")
+    ax.legend(fontsize="small")
+    return _save(fig, path)

@@ -45,8 +45,13 @@ from wordybird.capture.parameters import (
     select_parameters,
     unwrap,
 )
-from wordybird.capture.predictions import predictions_for
-from wordybird.capture.taps import Taps, inner_optimizer, optimizer_metadata
+from wordybird.capture.session import (
+    MonitorChoice,
+    RecordingSession,
+    check_record_every,
+    is_recorded,
+)
+from wordybird.capture.taps import Taps, inner_optimizer
 from wordybird.errors import WordybirdError
 from wordybird.recorder import StreamingRecorder
 
@@ -74,9 +79,14 @@ class Watch:
             gradients and their norm are divided by its scale, as ``scaler.unscale_``
             divides them for the optimizer (without it they would be recorded scaled).
             Accelerate's prepared optimizer brings its own.
-        max_grad_norm: predictive mode: the norm the loop clips gradients to
-            (``clip_grad_norm_``) before each step, which the predictions then follow;
+        max_grad_norm: the norm the loop clips gradients to (``clip_grad_norm_``) before
+            each step, which the update rules then follow (predictive mode, the analysis);
             None: the loop does not clip (a wrong value costs size, never exactness).
+        monitor: the live freeze monitor (``wordybird.capture.monitor``): None (the
+            default) turns it on when a recorded parameter is bf16 or fp16; True or False
+            turn it on or off; a ``FreezeMonitor(...)`` brings its own settings. It warns
+            (``wordybird.FreezeWarning``) once per parameter that stops moving, and records
+            each parameter's sampled moving fraction as ``<name>/moved``.
     """
 
     def __init__(
@@ -91,9 +101,9 @@ class Watch:
         record_every: int = 1,
         scaler: torch.amp.GradScaler | None = None,
         max_grad_norm: float | None = None,
+        monitor: MonitorChoice = None,
     ) -> None:
-        if record_every < 1:
-            raise WordybirdError(f"record_every must be at least 1, got {record_every}")
+        check_record_every(record_every)
         shards.refuse_other_sharding(model, optimizer)
         shards.check_recorder_here(recorder)
         # Accelerate's wrapper steps the optimizer inside only when a step is really taken
@@ -116,8 +126,13 @@ class Watch:
         self._taps = Taps(
             model, params, rows=rows_by_name(params, rows), store_dtype=store_dtype, scaler=scaler
         )
+        self._session = RecordingSession(
+            recorder,
+            self._taps,
+            monitor=monitor,
+            max_grad_norm=max_grad_norm,
+        )
         self._extra: dict[str, Any] = {}
-        self._first = True
         self._handles: list[Any] = []
         if recorder is None and not self._taps.shards:
             self._taps.remove()  # DDP: the main process records alone; nothing to do here
@@ -143,27 +158,19 @@ class Watch:
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.step += 1
         fields = None
-        if self.step % self.record_every == 0:
+        if is_recorded(self.step, self.record_every):
             fields = self._taps.fields(self.step, optimizer, initial=False)
         if fields is not None:  # None: a process that sent its rows to the main one
             params, whole = fields
-            if self._first:
-                self.recorder.update_metadata(
-                    {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
-                )
-            if self._first and self.recorder.mode == "predictive":
-                self.recorder.set_predictions(
-                    predictions_for(self._taps, optimizer, self.step, self.max_grad_norm)
-                )
-            self._first = False
             extra = {name: _detached(value) for name, value in self._extra.items()}
-            self.recorder.record(self.step, {**params, **extra, **whole})
+            self._session.record(self.step, optimizer, params, whole, extra)
         self._extra.clear()
         self._taps.begin_step()
 
     def close(self) -> None:
         """Remove the hooks and close the recorder (writes every queued step)."""
         self._unhook()
+        self._session.close()
         if self.recorder is not None:
             self.recorder.close()
 

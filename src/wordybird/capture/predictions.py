@@ -1,15 +1,16 @@
-"""Predictive mode's rules for the recorded fields: which optimizer update predicts each one.
+"""The update rules of the recorded fields: which optimizer update predicts each one.
 
-The recorder stores each predicted field as its difference from the rule's prediction
-(``wordybird.recorder.predict``); what the rule needs, the optimizer's hyperparameters, the
-clip norm and the optimizer's step count, is known only here, where the optimizer is. A
-field whose update rule is not known here (another optimizer, or Adam/SGD with a setting
-the rules leave out) is stored as in compact mode, which is said once.
+Predictive mode stores each predicted field as its difference from the rule's prediction
+(``wordybird.recorder.predict``), and the analysis replays the parameters' rules to tell a
+rounding freeze from others, in every mode (the rules go into the run metadata). What a
+rule needs, the optimizer's hyperparameters, the clip norm and the optimizer's step count,
+is known only here, where the optimizer is. A field whose update rule is not known here
+(another optimizer, or Adam/SGD with a setting the rules leave out) has none; predictive
+mode stores it as in compact mode, which is said once.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -23,8 +24,9 @@ GRAD_NORM_FIELD = "grad_norms"
 
 def predictions_for(
     taps: Taps, optimizer: Any, step: int, max_grad_norm: float | None
-) -> dict[str, Prediction]:
-    """The predictions of ``taps``' fields, fixed at the recording's first step ``step``.
+) -> tuple[dict[str, Prediction], list[str]]:
+    """The predictions of ``taps``' fields, fixed at the recording's first step ``step``,
+    and the parameter and state fields whose update rule is not known here.
 
     Args:
         taps: the taps, after their first ``fields()`` (which fixes the state fields).
@@ -50,13 +52,7 @@ def predictions_for(
             for role, field in fields.items()
             if role not in ("grad", "lr", "step") and field not in found
         ]
-    if unpredicted:
-        warnings.warn(
-            f"wordybird: predictive mode knows no update rule of {type(inner).__name__} (with "
-            f"these settings) for {', '.join(unpredicted)}; stored as in compact mode",
-            stacklevel=3,
-        )
-    return predictions
+    return predictions, unpredicted
 
 
 def _adam(

@@ -106,6 +106,13 @@ class ZarrRecording(Recording):
     def size_on_disk(self) -> int:
         return self._store.stored_nbytes()
 
+    def field_prediction(self, field: str) -> dict[str, Any] | None:
+        prediction = self._spec(field).prediction
+        return None if prediction is None else prediction.to_json()
+
+    def forget_decoded(self) -> None:
+        self._store.forget_decoded()
+
     def read_numpy(self, field: str, index: Index) -> np.ndarray:
         self._spec(field)
         if isinstance(index, slice):  # open or past-the-end bounds: within the committed

@@ -80,7 +80,7 @@ class StreamingRecorder:
         mode: ``"default"`` (core Zarr codecs only: any Zarr v3 reader decodes it),
             ``"compact"`` (differences between steps, decoded by wordybird; see FORMAT.md) or
             ``"predictive"`` (differences from the optimizer's update rule, for the fields
-            :meth:`set_predictions` names; compact for the other big fields).
+            the first :meth:`record` gives rules of; compact for the other big fields).
         resume: continue an existing recording after its last committed step.
         overwrite: replace the recording (or empty folder) at ``path``; anything else there
             is refused.
@@ -153,7 +153,6 @@ class StreamingRecorder:
         steps = self._store.steps()
         self._last_step: int | None = int(steps[-1]) if len(steps) else None
         self._specs: dict[str, FieldSpec] = dict(self._store.fields)
-        self._predictions: dict[str, Prediction] = {}
         self._thread = threading.Thread(target=self._run, name="wordybird-writer", daemon=True)
         self._thread.start()
         _OPEN.add(self)
@@ -170,11 +169,11 @@ class StreamingRecorder:
         """The recording's mode (a resumed recording keeps its own)."""
         return self._store.mode
 
-    def set_predictions(self, predictions: Mapping[str, Prediction]) -> None:
-        """Predictive mode: how each named field's steps are predicted (the capture layer,
-        which knows the optimizer, says so before the first step). The recording's first
-        step fixes them; later calls, and calls in other modes, change nothing."""
-        self._predictions = dict(predictions)
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The recording's fields (empty until its first step fixes them; a resumed
+        recording's own)."""
+        return tuple(self._specs)
 
     @property
     def writer_cpu_seconds(self) -> float:
@@ -193,11 +192,22 @@ class StreamingRecorder:
         """How many steps are committed on disk so far."""
         return self._store.committed
 
-    def record(self, step: int, tensors: Mapping[str, torch.Tensor | np.ndarray | float]) -> None:
+    def record(
+        self,
+        step: int,
+        tensors: Mapping[str, torch.Tensor | np.ndarray | float],
+        *,
+        predictions: Mapping[str, Prediction] | None = None,
+    ) -> None:
         """Snapshot one step's tensors and queue them for writing.
 
         When this returns, the values are copied: the caller may change its tensors at once.
         Blocks while ``queue_size`` steps are already waiting (back-pressure).
+
+        ``predictions`` (predictive mode): how each named field's steps are predicted from
+        the optimizer's update rule (the capture layer, which knows the optimizer, gives
+        them). They are part of the layout, which the recording's first step fixes: given
+        with a later step, they change nothing.
         """
         self._check_open()
         step = self._check_step(step)
@@ -212,7 +222,7 @@ class StreamingRecorder:
             if not values:
                 raise WordybirdError("record() needs at least one field")
             probe = {n: np.empty(t.shape, dtype=numpy_dtype_of(t.dtype)) for n, t in values.items()}
-            specs = field_specs_for(probe, self._store.mode, self._predictions)
+            specs = field_specs_for(probe, self._store.mode, predictions)
         self._check_fields(step, values, specs)
         if not self._specs:  # the writer has not started: its threads can still be chosen
             on_gpu = any(value.device.type != "cpu" for value in values.values())

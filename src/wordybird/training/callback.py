@@ -27,8 +27,13 @@ from wordybird.capture.parameters import (
     select_parameters,
     unwrap,
 )
-from wordybird.capture.predictions import predictions_for
-from wordybird.capture.taps import Taps, optimizer_metadata
+from wordybird.capture.session import (
+    MonitorChoice,
+    RecordingSession,
+    check_record_every,
+    is_recorded,
+)
+from wordybird.capture.taps import Taps
 from wordybird.errors import WordybirdError
 from wordybird.recorder import StreamingRecorder
 
@@ -65,6 +70,12 @@ class RecorderCallback(TrainerCallback):
         record_initial: record the state at the starting step (zero grads, NaN loss, zero
             logits, and the optimizer state then). Off when resuming a run
             whose recording already holds that step.
+        monitor: the live freeze monitor (``wordybird.capture.monitor``): None (the
+            default) turns it on when a recorded parameter is bf16 or fp16; True or False
+            turn it on or off; a ``FreezeMonitor(...)`` brings its own settings. It warns
+            (``wordybird.FreezeWarning``) once per parameter that stops moving; by name it
+            also records each parameter's sampled moving fraction as ``<name>/moved`` (the
+            notebook's layout keeps its fields exactly: no field is added there).
     """
 
     def __init__(
@@ -76,9 +87,9 @@ class RecorderCallback(TrainerCallback):
         store_dtype: torch.dtype | None = None,
         record_every: int = 1,
         record_initial: bool = True,
+        monitor: MonitorChoice = None,
     ) -> None:
-        if record_every < 1:
-            raise WordybirdError(f"record_every must be at least 1, got {record_every}")
+        check_record_every(record_every)
         if parameters is None and (rows is not None or store_dtype is not None):
             raise WordybirdError(
                 "rows= and store_dtype= need parameters= (the notebook's layout records the "
@@ -90,14 +101,15 @@ class RecorderCallback(TrainerCallback):
         self.store_dtype = store_dtype
         self.record_every = record_every
         self.record_initial = record_initial
+        self.monitor = monitor
         self._taps: Taps | None = None
+        self._session: RecordingSession | None = None
         self._vocab = 0
         self._loss_sum: torch.Tensor | None = None
         self._forwards = 0
         self._loss_shares = False  # the model's losses are shares of the step's mean
         self._tokens_across_processes = False  # ... of the whole global batch's
         self._logits: torch.Tensor | None = None
-        self._first = True
         self._max_grad_norm: float | None = None  # what the Trainer clips to (predictive mode)
         self._writes = True  # this process records (the main one of a multi-process run)
         self._handles: list[Any] = []
@@ -141,6 +153,12 @@ class RecorderCallback(TrainerCallback):
             # fp16 mixed precision: Accelerate's optimizer holds the loss scaler
             scaler=getattr(optimizer, "scaler", None),
         )
+        self._session = RecordingSession(
+            self.recorder,
+            self._taps,
+            monitor=self.monitor,
+            max_grad_norm=self._max_grad_norm,
+        )
         config = getattr(model, "config", None)
         first = next(iter(params.values()))
         self._vocab = int(getattr(config, "vocab_size", 0) or first.shape[0])
@@ -167,16 +185,7 @@ class RecorderCallback(TrainerCallback):
                 )
             logits = self._logits
             loss = self._step_loss().to(torch.bfloat16)
-        if self._first and self.parameters is not None:
-            self.recorder.update_metadata(
-                {"optimizer": optimizer_metadata(optimizer), **self._taps.metadata()}
-            )
-        if self._first and self.recorder.mode == "predictive":
-            self.recorder.set_predictions(
-                predictions_for(self._taps, optimizer, step, self._max_grad_norm)
-            )
-        self._first = False
-        self.recorder.record(step, {**params, "logits": logits, "losses": loss, **whole})
+        self._session.record(step, optimizer, params, whole, {"logits": logits, "losses": loss})
 
     def _step_loss(self) -> torch.Tensor:
         """The step's loss: the mean over its micro-batches, and in a multi-process run over
@@ -195,7 +204,7 @@ class RecorderCallback(TrainerCallback):
 
     def records(self, step: int) -> bool:
         """Whether ``step`` is one this callback records."""
-        return step % self.record_every == 0
+        return is_recorded(step, self.record_every)
 
     # -- Trainer events -------------------------------------------------------------------
 
@@ -267,5 +276,7 @@ class RecorderCallback(TrainerCallback):
     def close(self) -> None:
         """Remove the hooks and close the recorder (writes every queued step)."""
         self.remove_hooks()
+        if self._session is not None:
+            self._session.close()
         if self.recorder is not None:
             self.recorder.close()
