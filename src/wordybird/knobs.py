@@ -24,7 +24,7 @@ RUN_READ_BYTES = 64 << 20
 #: elementwise, so the blocks change no bit): large enough that numpy's per-call overhead,
 #: under the GIL, is small against the arithmetic; small enough that the float32
 #: temporaries stay in the cache (measured: benchmarks/bench_predictive.py).
-PREDICT_BLOCK = 1 << 16
+PREDICT_BLOCK = 1 << 18
 
 #: Elements a compact delta is computed over at a time (elementwise too; its temporaries
 #: stay in the cache).

@@ -75,7 +75,7 @@ class WritableStore(RecordingStore):
     def _new_decoding(self) -> Decoding:
         """The writer predicts in its own thread: it runs beside training, which keeps every
         core busy, and predictions spread over threads stalled training on every core."""
-        return Decoding(self, parallel_predictions=False)
+        return Decoding(self, writer=True)
 
     @classmethod
     def create(

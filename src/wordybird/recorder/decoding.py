@@ -30,19 +30,21 @@ class Decoding:
 
     Args:
         store: the store whose fields it decodes.
-        parallel_predictions: spread each prediction's blocks over a few threads (a reader,
-            which waits for them) or run them in the calling thread (the writer, which runs
+        writer: the writer's chains: predictions run in the calling thread (the writer runs
             beside a training that keeps every core busy: predictions over two threads
-            stalled its parallel regions on both cores at once).
+            stalled its parallel regions on both cores at once) into a buffer kept per field
+            (no allocation a step). A reader's spread over a few threads (it waits for
+            them) into fresh arrays, so that its memory stays one decoded step a field.
     """
 
-    def __init__(self, store: RecordingStore, *, parallel_predictions: bool) -> None:
+    def __init__(self, store: RecordingStore, *, writer: bool) -> None:
         self._store = store
-        self._parallel = parallel_predictions
+        self._writer = writer
         self._chains = DeltaChains(store.keyframe_interval, store.read_stored, self._reference)
         #: (position, step number, values by field) of the step being encoded
         self._encoding: tuple[int, int, Mapping[str, np.ndarray]] | None = None
-        #: per predicted field, the buffer its predictions go to (used at once, then reused)
+        #: the writer's: per predicted field, the buffer its predictions go to (used at
+        #: once, then reused)
         self._predicted: dict[str, np.ndarray] = {}
 
     def read(self, name: str, index: int | slice) -> np.ndarray:

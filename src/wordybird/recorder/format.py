@@ -85,7 +85,7 @@ class RecordingStore:
     def _new_decoding(self) -> Decoding:
         """The chains of this store's reads: a reader waits for its predictions, so they
         spread over a few threads."""
-        return Decoding(self, parallel_predictions=True)
+        return Decoding(self, writer=False)
 
     # -- opening --------------------------------------------------------------------------
 
