@@ -92,10 +92,14 @@ class Decoding:
             for role, source in spec.prediction.inputs.items()
         }
         previous = previous.view(spec.numpy_dtype)
-        out = self._predicted.get(name)
-        if out is None or out.shape != previous.shape:
-            out = self._predicted[name] = np.empty_like(previous)
-        values = predict(spec.prediction, previous, inputs, step, parallel=self._parallel, out=out)
+        out = None
+        if self._writer:
+            out = self._predicted.get(name)
+            if out is None or out.shape != previous.shape:
+                out = self._predicted[name] = np.empty_like(previous)
+        values = predict(
+            spec.prediction, previous, inputs, step, parallel=not self._writer, out=out
+        )
         return values.view(spec.stored_dtype)
 
     def _step(self, position: int) -> int:
