@@ -236,10 +236,12 @@ class FreezeMonitor:
         evidence = StepEvidence(o.step, None if math.isnan(moved) else moved, o.learning_rate)
         below = evidence.moved is not None and evidence.moved < self.threshold
         if below and o.changed is not None:
-            evidence = self._explain(o, evidence, previous, previous_step)
+            # a warning quotes the update's size at the first step of the frozen run only
+            run_starts = not follow.window or not _below(follow.window[-1], self.threshold)
+            evidence = self._explain(o, evidence, previous, previous_step, sized=run_starts)
         follow.window.append(evidence)
         if len(follow.window) == self.patience and all(
-            e.moved is not None and e.moved < self.threshold for e in follow.window
+            _below(e, self.threshold) for e in follow.window
         ):
             self._warn(follow, list(follow.window))
 
@@ -249,9 +251,12 @@ class FreezeMonitor:
         evidence: StepEvidence,
         previous: np.ndarray | None,
         previous_step: int | None,
+        *,
+        sized: bool,
     ) -> StepEvidence:
         """The step's evidence with its cause's parts: the sampled gradient's zeros and
-        the rule's predicted moves (when the previous step is the previous optimizer step)."""
+        the rule's predicted moves (when the previous step is the previous optimizer step),
+        and with ``sized`` the median size of its update (the costliest part)."""
         w = o.follow.watched
         gradient_zero = None if o.grad is None else not bool(torch.count_nonzero(o.grad))
         if (
@@ -263,7 +268,9 @@ class FreezeMonitor:
             return StepEvidence(o.step, evidence.moved, evidence.learning_rate, gradient_zero)
         inputs = {role: from_torch(t.cpu()) for role, t in o.inputs.items()}
         moves = predicted_moves(w.prediction, previous, inputs, o.step)
-        sized = predicted_update(w.prediction, previous, inputs, o.step)
+        median = None
+        if sized:
+            median = float(np.median(predicted_update(w.prediction, previous, inputs, o.step).ulps))
         changed = from_torch(o.changed.cpu()) if o.changed is not None else None
         return StepEvidence(
             evidence.step,
@@ -272,7 +279,7 @@ class FreezeMonitor:
             gradient_zero,
             float(np.count_nonzero(moves)) / moves.size,
             float(np.count_nonzero(moves == changed)) / moves.size,
-            float(np.median(sized.ulps)),
+            median,
         )
 
     def _warn(self, follow: _Follow, window: list[StepEvidence]) -> None:
@@ -298,6 +305,10 @@ class FreezeMonitor:
         self.warned[w.name] = warning
         with tqdm.external_write_mode(file=sys.stderr):
             warnings.warn(warning, stacklevel=_caller_level())
+
+
+def _below(evidence: StepEvidence, threshold: float) -> bool:
+    return evidence.moved is not None and evidence.moved < threshold
 
 
 #: Libraries whose frames lie between the monitor and the code that stepped the optimizer.
