@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import wordybird
+from run_cli import run_cli
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.analysis.hops import COLUMNS, analyze, freeze_step
 from wordybird.analysis.lattice import (
@@ -549,15 +548,6 @@ def test_learning_rate_fallback_matches_the_recorded_schedule(tmp_path: Path) ->
 
 
 # -- outputs and the command ---------------------------------------------------------------
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wordybird.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def wb1_and_wb3(tmp_path: Path) -> tuple[Path, Path]:

@@ -26,8 +26,9 @@ from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import wordybird
+from run_cli import run_cli
 from test_analysis import write_masks
-from test_export import VOCAB, make_recording, run_cli
+from test_export import VOCAB, make_recording
 from test_recorder import make_step, same_bits
 from test_training import config
 from wordybird import StreamingRecorder, WordybirdError

@@ -5,8 +5,6 @@ and a field's broken metadata JSON."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import wordybird
+from run_cli import run_cli
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.recorder.check import check_recording
 
@@ -69,12 +68,6 @@ def unreadable_positions(mode: str) -> set[int]:
     if mode == "default":
         return {FLIPPED, TRUNCATED, DELETED}
     return set(range(FLIPPED, 16))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wordybird.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture(params=MODES)

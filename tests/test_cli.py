@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from run_cli import run_cli
 from wordybird import __version__
 from wordybird.cli import COMMANDS
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wordybird.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_help_lists_every_command() -> None:

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import wordybird
+from run_cli import run_cli
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.export import select as export_select
 from wordybird.export import writer as export_writer
@@ -93,12 +94,6 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         return length, json.loads(f.read(length))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wordybird.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 # -- the file ---------------------------------------------------------------------------------

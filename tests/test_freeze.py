@@ -20,8 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 import wordybird
+from run_cli import run_cli
 from wordybird import FreezeWarning, StreamingRecorder, WordybirdError
 from wordybird.analysis.freeze import (
     AGREEMENT,
@@ -132,15 +131,6 @@ def moving_fractions(path: Path, name: str) -> tuple[np.ndarray, list[float | No
         steps = rec.steps
     changed = [None] + [float(np.mean(values[i] != values[i - 1])) for i in range(1, len(values))]
     return steps, changed
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wordybird.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 # -- the pure bf16 AdamW run, recorded in every mode ------------------------------------------

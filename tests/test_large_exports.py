@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -15,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import wordybird
+from run_cli import run_cli
 from wordybird import StreamingRecorder, WordybirdError
 from wordybird.inspection import inspect_recording
 
@@ -28,12 +27,6 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     return a.reshape(-1).view(torch.uint8).numpy().tobytes() == (
         b.reshape(-1).view(torch.uint8).numpy().tobytes()
-    )
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wordybird.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 
