@@ -59,7 +59,8 @@ def _close_at_exit() -> None:
 
 
 # Not `atexit`: by then concurrent.futures has refused new work to every thread pool, and
-# zarr's LocalStore writes through one (asyncio.to_thread). threading's own exit hooks run
+# the store writes metadata through one (asyncio.to_thread), the codec threads are one.
+# threading's own exit hooks run
 # first, in reverse order of registration, so this one runs before concurrent.futures'.
 threading._register_atexit(_close_at_exit)
 

@@ -2,9 +2,10 @@
 
 Each object is written to a ``*.partial`` temporary beside its name and renamed into place,
 so every file is the old or the new one, never torn (zarr's own LocalStore wrote in place
-before zarr 3.1.3); in durable mode the temporary is flushed to the disk before the rename,
-and the folders that got new names are collected, to be flushed before anything (the
-header) depends on them. A killed writer's temporaries are removed by the next resume.
+in zarr 3.1.0, the lowest the base install allows); in durable mode the temporary is
+flushed to the disk before the rename, and the folders that got new names are collected,
+to be flushed before anything (the header) depends on them. A killed writer's temporaries
+are removed by the next resume.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def put_file(path: Path, parts: list[memoryview], *, durable: bool) -> None:
     ``*.partial`` temporary beside it (flushed to the disk first when ``durable``) and
     renamed into place. Parts are written with one ``writev``: no copy joins them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # named as zarr's LocalStore (3.1.3 and later) names its temporaries
+    # named as zarr's own LocalStore names its temporaries in zarr 3.1.6
     temporary = path.with_suffix(f".{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
