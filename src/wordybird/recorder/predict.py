@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -123,16 +124,29 @@ def predict(
     tensors = {role: v.reshape(-1) if v.ndim else v for role, v in tensors.items()}
     out = np.empty_like(flat) if out is None else out.reshape(-1)
     canonical_nan = np.array(np.nan, dtype=flat.dtype)
+    block_size = max(1, min(PREDICT_BLOCK, flat.size))
+    arenas: queue.SimpleQueue[_Arena] = queue.SimpleQueue()  # one per thread at work
 
     def run(start: int) -> None:
         _check_subnormals()  # in the thread that computes
         part = slice(start, start + PREDICT_BLOCK)
-        block = {role: v[part] if v.ndim else v for role, v in tensors.items()}
-        with np.errstate(all="ignore"):  # an inf or NaN prediction is only a poor one
-            values = _predict_block(prediction, flat[part], block, step)
-        # a NaN's sign and payload differ between CPUs and code paths: one NaN for all
-        values[np.isnan(values)] = canonical_nan
-        out[part] = values
+        try:
+            arena = arenas.get_nowait()
+        except queue.Empty:
+            arena = _Arena(block_size)
+        try:
+            arena.reset()
+            size = flat[part].size
+            block = {role: _Block(v[part], arena) if v.ndim else v for role, v in tensors.items()}
+            with np.errstate(all="ignore"):  # an inf or NaN prediction is only a poor one
+                values = _predict_block(prediction, _Block(flat[part], arena), block, step)
+            # a NaN's sign and payload differ between CPUs and code paths: one NaN for all
+            nan = arena.take(np.dtype(bool), size)
+            np.isnan(values.values, out=nan)
+            np.copyto(out[part], values.values)
+            np.copyto(out[part], canonical_nan, where=nan)
+        finally:
+            arenas.put(arena)
 
     starts = range(0, flat.size, PREDICT_BLOCK)
     if parallel and len(starts) > 1:
@@ -171,10 +185,10 @@ def _check_subnormals() -> None:
 
 def _predict_block(
     prediction: Prediction,
-    previous: np.ndarray,
-    inputs: Mapping[str, np.ndarray],
+    previous: _Block,
+    inputs: Mapping[str, Values],
     step: int,
-) -> np.ndarray:
+) -> _Block:
     dtype = previous.dtype
     c = prediction.constants
     if prediction.rule == "adam_exp_avg":
@@ -197,8 +211,8 @@ def _predict_block(
 
 
 def _adam_param(
-    prediction: Prediction, previous: np.ndarray, inputs: Mapping[str, np.ndarray], step: int
-) -> np.ndarray:
+    prediction: Prediction, previous: _Block, inputs: Mapping[str, Values], step: int
+) -> _Block:
     """Adam/AdamW's parameter update, in torch's single-tensor order: decoupled decay, then
     ``p += -(lr / bc1) * m / ((sqrt(v) / sqrt(bc2)) + eps)``, each op rounded to the dtype."""
     c, dtype = prediction.constants, previous.dtype
@@ -209,14 +223,12 @@ def _adam_param(
         p = _wide(_round(p * _F32(1.0 - lr * c["weight_decay"]), dtype))
     step_size = _F32(-(lr / (1.0 - _power(c["beta1"], t))))
     bc2_sqrt = _F32(math.sqrt(1.0 - _power(c["beta2"], t)))
-    root = _wide(_round(np.sqrt(_wide(inputs["exp_avg_sq"])), dtype))
+    root = _wide(_round(_wide(inputs["exp_avg_sq"]).sqrt(), dtype))
     denom = _wide(_round(_wide(_round(root / bc2_sqrt, dtype)) + _F32(c["eps"]), dtype))
     return _round(p + step_size * (_wide(inputs["exp_avg"]) / denom), dtype)
 
 
-def _sgd_param(
-    prediction: Prediction, previous: np.ndarray, inputs: Mapping[str, np.ndarray]
-) -> np.ndarray:
+def _sgd_param(prediction: Prediction, previous: _Block, inputs: Mapping[str, Values]) -> _Block:
     """SGD's ``p += -lr * d`` with ``d`` the buffer, or ``g + momentum · buffer`` (Nesterov),
     or the gradient itself without momentum."""
     c, dtype = prediction.constants, previous.dtype
@@ -230,7 +242,7 @@ def _sgd_param(
     return _round(_wide(previous) + _F32(-float(inputs["lr"])) * direction, dtype)
 
 
-def _clipped_grad(prediction: Prediction, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+def _clipped_grad(prediction: Prediction, inputs: Mapping[str, Values]) -> _Block:
     """The gradient the optimizer was given: clipped as ``clip_grad_norm_`` does (its
     coefficient computed and applied in the gradient's dtype), negated with ``maximize``."""
     grad = inputs["grad"]
@@ -244,15 +256,114 @@ def _clipped_grad(prediction: Prediction, inputs: Mapping[str, np.ndarray]) -> n
     return -g if prediction.constants.get("maximize") else g
 
 
-def _wide(values: np.ndarray) -> np.ndarray:
+class _Arena:
+    """Work arrays for one block's arithmetic, reused by every block one thread computes in
+    one :func:`predict` call.
+
+    Each operation takes the next array (``take``) and ``reset`` starts a block again at the
+    first, so a block's operations get the same arrays, in the same order, as the block
+    before: nothing is allocated after the first block. Fresh numpy temporaries for every
+    block cost more than the arithmetic: the allocator hands them back to the kernel between
+    blocks and every page faults in again (measured in benchmarks/README.md, "The writer").
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._arrays: list[np.ndarray] = []
+        self._next = 0
+
+    def reset(self) -> None:
+        self._next = 0
+
+    def take(self, dtype: np.dtype, size: int) -> np.ndarray:
+        """The next work array, of ``dtype`` and ``size`` elements (at most the arena's)."""
+        if self._next == len(self._arrays):
+            self._arrays.append(np.empty(self._size, dtype))
+        elif self._arrays[self._next].dtype != dtype:  # the same rule takes the same dtypes
+            self._arrays[self._next] = np.empty(self._size, dtype)
+        array = self._arrays[self._next]
+        self._next += 1
+        return array[:size]
+
+
+class _Block:
+    """A block of an array whose arithmetic writes into an :class:`_Arena`: every operation
+    is the one numpy would run on the bare arrays (its result type by numpy's own promotion,
+    ``np.result_type``), only into a reused array instead of a fresh one, so the bits are
+    numpy's. Operands are never changed in place: a result lives until its block ends."""
+
+    __array_ufunc__ = None  # numpy scalars defer to our reflected operators
+    __slots__ = ("_arena", "values")
+
+    def __init__(self, values: np.ndarray, arena: _Arena) -> None:
+        self.values = values
+        self._arena = arena
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def cast(self, dtype: np.dtype) -> _Block:
+        """These values in ``dtype`` (numpy's cast, as ``astype``; itself if already so)."""
+        if self.values.dtype == dtype:
+            return self
+        out = self._arena.take(dtype, self.values.size)
+        np.copyto(out, self.values, casting="unsafe")
+        return _Block(out, self._arena)
+
+    def _apply(self, ufunc: np.ufunc, *operands: Any) -> _Block:
+        bare = [x.values if isinstance(x, _Block) else x for x in operands]
+        out = self._arena.take(np.result_type(*bare), self.values.size)
+        ufunc(*bare, out=out)
+        return _Block(out, self._arena)
+
+    def sqrt(self) -> _Block:
+        return self._apply(np.sqrt, self)
+
+    def __neg__(self) -> _Block:
+        return self._apply(np.negative, self)
+
+    def __add__(self, other: Any) -> _Block:
+        return self._apply(np.add, self, other)
+
+    def __radd__(self, other: Any) -> _Block:
+        return self._apply(np.add, other, self)
+
+    def __sub__(self, other: Any) -> _Block:
+        return self._apply(np.subtract, self, other)
+
+    def __rsub__(self, other: Any) -> _Block:
+        return self._apply(np.subtract, other, self)
+
+    def __mul__(self, other: Any) -> _Block:
+        return self._apply(np.multiply, self, other)
+
+    def __rmul__(self, other: Any) -> _Block:
+        return self._apply(np.multiply, other, self)
+
+    def __truediv__(self, other: Any) -> _Block:
+        return self._apply(np.true_divide, self, other)
+
+    def __rtruediv__(self, other: Any) -> _Block:
+        return self._apply(np.true_divide, other, self)
+
+
+Values = _Block | np.ndarray  # a block of a field, or a scalar (a 0-d array)
+
+
+def _wide(values: Values) -> Values:
     """Values in the arithmetic's precision: float32 (torch's opmath for bf16/fp16), or
     float64 for float64 fields."""
+    if isinstance(values, _Block):
+        return values.cast(np.dtype(np.float64 if values.dtype == np.float64 else _F32))
     values = np.asarray(values)
     return values.astype(np.float64 if values.dtype == np.float64 else _F32)
 
 
-def _round(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _round(values: Values, dtype: np.dtype) -> Values:
     """Round to the field's dtype (to nearest, ties to even)."""
+    if isinstance(values, _Block):
+        return values.cast(np.dtype(dtype))
     return np.asarray(values).astype(dtype)
 
 
