@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import queue
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -286,6 +286,19 @@ class _Arena:
         return array[:size]
 
 
+def _operators(ufunc: np.ufunc) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A :class:`_Block`'s binary operator for ``ufunc`` and its reflection (a scalar on the
+    left), each keeping the operands in the order the expression wrote them."""
+
+    def forward(self: _Block, other: Any) -> _Block:
+        return self._apply(ufunc, self, other)
+
+    def reflected(self: _Block, other: Any) -> _Block:
+        return self._apply(ufunc, other, self)
+
+    return forward, reflected
+
+
 class _Block:
     """A block of an array whose arithmetic writes into an :class:`_Arena`: every operation
     is the one numpy would run on the bare arrays (its result type by numpy's own promotion,
@@ -323,29 +336,10 @@ class _Block:
     def __neg__(self) -> _Block:
         return self._apply(np.negative, self)
 
-    def __add__(self, other: Any) -> _Block:
-        return self._apply(np.add, self, other)
-
-    def __radd__(self, other: Any) -> _Block:
-        return self._apply(np.add, other, self)
-
-    def __sub__(self, other: Any) -> _Block:
-        return self._apply(np.subtract, self, other)
-
-    def __rsub__(self, other: Any) -> _Block:
-        return self._apply(np.subtract, other, self)
-
-    def __mul__(self, other: Any) -> _Block:
-        return self._apply(np.multiply, self, other)
-
-    def __rmul__(self, other: Any) -> _Block:
-        return self._apply(np.multiply, other, self)
-
-    def __truediv__(self, other: Any) -> _Block:
-        return self._apply(np.true_divide, self, other)
-
-    def __rtruediv__(self, other: Any) -> _Block:
-        return self._apply(np.true_divide, other, self)
+    __add__, __radd__ = _operators(np.add)
+    __sub__, __rsub__ = _operators(np.subtract)
+    __mul__, __rmul__ = _operators(np.multiply)
+    __truediv__, __rtruediv__ = _operators(np.true_divide)
 
 
 Values = _Block | np.ndarray  # a block of a field, or a scalar (a 0-d array)
